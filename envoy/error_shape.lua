@@ -1,0 +1,56 @@
+-- Response filter for the REST contract, run after Envoy's gRPC-JSON transcoder.
+--
+-- 1. Services put the HTTP status they mean in the `x-vm-http-status` metadata (Envoy's fixed gRPC->HTTP
+--    table has no 409 or 413); apply it to REST responses and never show the header to clients.
+-- 2. The transcoder renders a gRPC error as {"code": N, "message": "...", "details": []}; the documents
+--    promise {"detail": "..."}. The message is already a JSON string literal, so it is copied as is.
+local STATUS_HEADER = "x-vm-http-status"
+
+local function string_literal_at(text, quote_index)
+  local i = quote_index + 1
+  while i <= #text do
+    local c = text:sub(i, i)
+    if c == "\\" then
+      i = i + 2
+    elseif c == '"' then
+      return text:sub(quote_index, i)
+    else
+      i = i + 1
+    end
+  end
+  return nil
+end
+
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  local content_type = headers:get("content-type") or ""
+  local override = headers:get(STATUS_HEADER)
+  if override ~= nil then
+    headers:remove(STATUS_HEADER)
+    if content_type:find("application/grpc", 1, true) ~= 1 then
+      headers:replace(":status", override)
+    end
+  end
+  if content_type:find("application/grpc", 1, true) == 1 then
+    return
+  end
+  -- gRPC plumbing headers mean nothing to REST clients.
+  headers:remove("grpc-accept-encoding")
+  headers:remove("grpc-status")
+  headers:remove("grpc-message")
+  local status = tonumber(headers:get(":status") or "200")
+  if status < 400 or content_type:find("application/json", 1, true) ~= 1 then
+    return
+  end
+  local body = handle:body()
+  if body == nil then
+    return
+  end
+  local text = body:getBytes(0, body:length())
+  if text:sub(1, 8) ~= '{"code":' then
+    return
+  end
+  local key = text:find('"message":"', 1, true)
+  local literal = key and string_literal_at(text, key + 10) or '""'
+  body:setBytes('{"detail":' .. literal .. '}')
+end

@@ -1,0 +1,35 @@
+"""Gateway settings (VM_GATEWAY_* variables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import REPO_ROOT, ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="VM_GATEWAY_", extra="ignore", frozen=True)
+
+    # The one HTTP entry point: REST (HTTP/1.1) and native gRPC (h2c) on the same port.
+    http_port: int = 8000
+    # Envoy's admin interface (stats, /ready); always bound to 127.0.0.1.
+    admin_port: int = 9901
+    # The gateway's own gRPC server (reflection + health for the shared port).
+    grpc_port: int = 50050
+    # Buffered (non-streaming) request and response bodies; uploads and downloads stream and are not
+    # bound by these.
+    max_request_body_bytes: int = 32 * 1024 * 1024
+    max_response_body_bytes: int = 64 * 1024 * 1024
+    # Descriptor set produced by protos/generate.py.
+    descriptor_set: Path = REPO_ROOT / "build" / "descriptors" / "visionmesh.pb"
+    envoy_log_level: str = "warn"
+    # Log every HTTP request (Envoy access log, JSON lines on stdout).
+    access_log: bool = False
+    # Worker threads of Envoy; 0 = one per core.
+    envoy_concurrency: int = 0
+
+    @property
+    def config_dir(self) -> Path:
+        return self.data_root / "gateway"

@@ -1,0 +1,1 @@
+"""The launcher: one command that starts the whole platform, supervises it and shuts it down cleanly."""

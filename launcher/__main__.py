@@ -1,0 +1,91 @@
+"""`python -m launcher` (what `./mesh up` runs): start every service, the gateway and Envoy on this
+machine, wait until the REST contract answers, then supervise until Ctrl-C / SIGTERM.
+
+Configuration comes from the environment (docs/configuration.md); nothing here needs editing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.envoy_config import envoy_command, write_config
+from gateway.settings import GatewaySettings
+from launcher.supervisor import Component, Supervisor, log
+from services.common.logging import configure_logging
+from services.registry import MESH_SERVICES
+
+
+def grpc_healthy(address: str, service: str = "") -> Callable[[], Awaitable[bool]]:
+    async def probe() -> bool:
+        async with grpc.aio.insecure_channel(address) as channel:
+            try:
+                response = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=1
+                )
+            except grpc.aio.AioRpcError:
+                return False
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+
+    return probe
+
+
+def components(gateway: GatewaySettings) -> list[Component]:
+    python = sys.executable
+    found = [
+        Component(service.name, [python, "-m", service.module], grpc_healthy(service.settings().grpc_address))
+        for service in MESH_SERVICES
+    ]
+    found.append(Component("gateway", [python, "-m", "gateway", "serve"], grpc_healthy(gateway.grpc_address)))
+    config = write_config(gateway)
+    envoy = str(Path(python).parent / "envoy")
+    # Envoy is ready when a native gRPC health check through the public port reaches the whole mesh.
+    found.append(
+        Component("envoy", envoy_command(gateway, config, envoy), grpc_healthy(f"127.0.0.1:{gateway.http_port}"))
+    )
+    return found
+
+
+def state_file(gateway: GatewaySettings) -> Path:
+    return gateway.data_root / "run" / "processes.json"
+
+
+def banner(gateway: GatewaySettings) -> str:
+    lines = [
+        "VisionMesh is up.",
+        f"  REST + gRPC    http://localhost:{gateway.http_port}   (e.g. curl localhost:{gateway.http_port}/datasets)",
+        f"  Envoy admin    http://127.0.0.1:{gateway.admin_port}",
+    ]
+    for service in MESH_SERVICES:
+        lines.append(f"  {service.name:<14} grpc://{service.settings().grpc_address}")
+    lines += [f"  data root      {gateway.data_root}", "  Ctrl-C stops everything."]
+    return "\n".join(lines)
+
+
+async def run() -> None:
+    gateway = GatewaySettings()
+    gateway.data_root.mkdir(parents=True, exist_ok=True)
+    supervisor = Supervisor(components(gateway), dict(os.environ), state_file(gateway))
+    try:
+        await supervisor.start()
+    except (RuntimeError, OSError) as error:
+        log.error("start-up failed", error=str(error))
+        await supervisor.stop()
+        raise SystemExit(1) from error
+    print(banner(gateway), file=sys.stderr, flush=True)
+    await supervisor.supervise()
+
+
+def main() -> None:
+    configure_logging("launcher", GatewaySettings())
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

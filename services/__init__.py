@@ -1,0 +1,1 @@
+"""VisionMesh gRPC services: one package per domain, plus `common` for the plumbing they share."""

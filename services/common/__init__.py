@@ -1,0 +1,1 @@
+"""Plumbing shared by every service: settings, logging, tracing, errors, gRPC server, storage helpers."""

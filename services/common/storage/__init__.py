@@ -1,0 +1,1 @@
+"""Storage helpers: SQLAlchemy engines and migrations, atomic file writes, safe paths."""

@@ -1,0 +1,84 @@
+"""File-system helpers: atomic writes, staging directories, and paths that cannot escape their root."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+
+from services.common.errors import NotFound
+
+STAGING_PREFIX = ".staging-"
+TRASH_PREFIX = ".trash-"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename: readers see the old content or the new, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextmanager
+def staging_dir(parent: Path) -> Iterator[Path]:
+    """A fresh hidden directory under `parent`; removed on exit unless the caller renamed it away.
+
+    Publishing is `os.rename(staging, final)`, atomic on one file system. Leftovers of a killed process
+    carry STAGING_PREFIX, so start-up clean-up can find them.
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    path = parent / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        remove_tree(path)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory tree: first renamed aside (atomic), then removed, so no half-deleted tree is
+    ever visible under its real name."""
+    if not path.exists():
+        return
+    trash = path.with_name(f"{TRASH_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def is_transient(name: str) -> bool:
+    """Staging or trash leftovers that start-up clean-up may delete."""
+    return name.startswith((STAGING_PREFIX, TRASH_PREFIX))
+
+
+def resolve_inside(root: Path, relative: str) -> Path:
+    """`root/relative`, refusing anything that would leave `root` (.., absolute paths, symlinks out)."""
+    parts = PurePosixPath(relative.replace("\\", "/")).parts
+    if not parts or any(part in ("..", "") for part in parts) or parts[0] == "/":
+        raise NotFound(f"File not found: {relative}")
+    candidate = (root / Path(*parts)).resolve()
+    if not candidate.is_relative_to(root.resolve()):
+        raise NotFound(f"File not found: {relative}")
+    return candidate

@@ -1,0 +1,1 @@
+"""Dataset service: dataset ZIPs, prepared YOLO versions, annotation tasks (seed 000)."""

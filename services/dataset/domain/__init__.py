@@ -1,0 +1,1 @@
+"""Dataset domain logic: no gRPC here; servicers call these classes and functions."""
