@@ -20,6 +20,7 @@ from gateway.settings import GatewaySettings
 from services.common.settings import REPO_ROOT
 from services.registry import MESH_SERVICES, owner_of
 
+_TYPES = "type.googleapis.com/envoy.extensions"
 LUA_FILTER = REPO_ROOT / "envoy" / "error_shape.lua"
 GATEWAY_CLUSTER = "gateway"
 # Served by the gateway's own gRPC server for the whole mesh.
@@ -63,7 +64,7 @@ def _cluster(upstream: Upstream) -> dict[str, Any]:
         "connect_timeout": "1s",
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "@type": f"{_TYPES}.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {"http2_protocol_options": {"max_concurrent_streams": 1000}},
             }
         },
@@ -105,7 +106,7 @@ def render(settings: GatewaySettings, descriptor_path: Path | None = None) -> di
     routes += [_route(f"/{service}/", GATEWAY_CLUSTER) for service in GATEWAY_GRPC_SERVICES]
 
     transcoder = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+        "@type": f"{_TYPES}.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
         "proto_descriptor": str(descriptor_path or settings.descriptor_set),
         "services": services,
         "print_options": {"always_print_primitive_fields": True, "preserve_proto_field_names": True},
@@ -117,7 +118,7 @@ def render(settings: GatewaySettings, descriptor_path: Path | None = None) -> di
         "max_response_body_size": settings.max_response_body_bytes,
     }
     connection_manager: dict[str, Any] = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": f"{_TYPES}.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
         "codec_type": "AUTO",
         "stream_idle_timeout": "0s",
@@ -136,14 +137,14 @@ def render(settings: GatewaySettings, descriptor_path: Path | None = None) -> di
             {
                 "name": "envoy.filters.http.lua",
                 "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                    "@type": f"{_TYPES}.filters.http.lua.v3.Lua",
                     "default_source_code": {"inline_string": LUA_FILTER.read_text()},
                 },
             },
             {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder},
             {
                 "name": "envoy.filters.http.router",
-                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                "typed_config": {"@type": f"{_TYPES}.filters.http.router.v3.Router"},
             },
         ],
     }
@@ -152,7 +153,7 @@ def render(settings: GatewaySettings, descriptor_path: Path | None = None) -> di
             {
                 "name": "envoy.access_loggers.stdout",
                 "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                    "@type": f"{_TYPES}.access_loggers.stream.v3.StdoutAccessLog",
                     "log_format": {
                         "json_format": {
                             "time": "%START_TIME%",
