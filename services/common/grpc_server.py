@@ -166,7 +166,8 @@ async def serve(
         for name in ["", *service_names]:
             await health_servicer.set(name, status)
 
-    await set_health(True)
+    serving = await readiness() if readiness is not None else True
+    await set_health(serving)
     log.info("serving", address=address, services=service_names)
 
     stop = asyncio.Event()
@@ -175,7 +176,7 @@ async def serve(
         loop.add_signal_handler(signum, stop.set)
 
     async def watch_readiness() -> None:
-        serving = True
+        nonlocal serving
         while readiness is not None:
             await asyncio.sleep(5)
             ready = await readiness()
