@@ -1,0 +1,158 @@
+"""Restarts and crashes: nothing stored is lost, nothing half-written survives, the launcher heals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from launcher.instance import PlatformInstance
+from tests import datagen
+from tests.conftest import datasets_dir
+from tests.e2e.api import assert_error, prepared, uploaded
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def own_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformInstance]:
+    with PlatformInstance(tmp_path_factory.mktemp("resilience") / "data") as instance:
+        yield instance
+
+
+@pytest.fixture
+def client(own_platform: PlatformInstance) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=own_platform.base_url, timeout=120) as http:
+        yield http
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def _serving(http: httpx.Client) -> bool:
+    try:
+        return http.get("/datasets", params={"page_size": 1}).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _staging_dirs(platform: PlatformInstance) -> list[Path]:
+    return [p for p in datasets_dir(platform).rglob(".*") if p.is_dir()]
+
+
+def test_restart_keeps_datasets_versions_and_annotations(own_platform: PlatformInstance, client: httpx.Client) -> None:
+    dataset_id, _ = prepared(client, datagen.dataset_zip(count=6))
+    client.post(f"/datasets/{dataset_id}/prepare", json={"split_ratio": {"train": 0.5, "val": 0.5}})
+    client.put(f"/datasets/{dataset_id}", json={"description": "kept", "tags": ["x"]})
+    task_id = client.post("/annotations/tasks", json={"dataset_id": dataset_id, "version": "v2"}).json()["task_id"]
+    boxes = [{"class_id": 1, "x1": 1.0, "y1": 2.0, "x2": 30.0, "y2": 40.0}]
+    client.post(f"/annotations/tasks/{task_id}/items/img003", json={"boxes": boxes})
+    before = client.get(f"/datasets/{dataset_id}").json()
+
+    own_platform.restart()
+
+    with httpx.Client(base_url=own_platform.base_url, timeout=60) as http:
+        assert http.get(f"/datasets/{dataset_id}").json() == before
+        assert http.get(f"/annotations/tasks/{task_id}/items/img003").json()["boxes"] == boxes
+        assert len(http.get(f"/annotations/tasks/{task_id}/items").json()["items"]) == 6
+
+
+def test_a_crashed_service_answers_503_then_is_restarted(own_platform: PlatformInstance, client: httpx.Client) -> None:
+    pid = own_platform.pid_of("dataset")
+    os.kill(pid, signal.SIGKILL)
+    _wait_until(
+        lambda: not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    )
+    response = client.get("/datasets")
+    if response.status_code != 200:  # the launcher may already have restarted it
+        assert_error(response, 503)
+    _wait_until(lambda: _serving(client), timeout=60)
+    assert own_platform.pid_of("dataset") != pid
+
+
+def test_killed_during_prepare_leaves_the_old_state_or_the_new(
+    own_platform: PlatformInstance, client: httpx.Client
+) -> None:
+    dataset_id = uploaded(client, datagen.dataset_zip(count=400, size=(320, 240)))
+    dataset_dir = datasets_dir(own_platform) / dataset_id
+    outcome: dict[str, object] = {}
+    worker = threading.Thread(
+        target=lambda: outcome.update(response=_try_post(client, f"/datasets/{dataset_id}/prepare"))
+    )
+    worker.start()
+    _wait_until(lambda: any(p.name.startswith(".staging-") for p in dataset_dir.iterdir()), timeout=30)
+    os.kill(own_platform.pid_of("dataset"), signal.SIGKILL)
+    worker.join(60)
+    _wait_until(lambda: _serving(client), timeout=60)
+
+    detail = client.get(f"/datasets/{dataset_id}").json()
+    assert detail["versions"] in ([], ["v1"])
+    for info in detail["version_info"]:  # a version that exists is whole
+        images = list((dataset_dir / info["version"] / "images").rglob("*.jpg"))
+        assert len(images) == info["train_count"] + info["val_count"] == 400
+    assert _staging_dirs(own_platform) == []
+    assert sorted(p.name for p in dataset_dir.iterdir()) == sorted(["upload.zip", *detail["versions"]])
+    # And the dataset still works.
+    again = client.post(f"/datasets/{dataset_id}/prepare", json={})
+    assert again.status_code == 200 and again.json()["train_count"] + again.json()["val_count"] == 400
+
+
+def test_killed_during_upload_leaves_nothing(own_platform: PlatformInstance, client: httpx.Client) -> None:
+    before = client.get("/datasets").json()["total"]
+    boundary = "vmtestboundary"
+    payload = datagen.dataset_zip(count=50, size=(320, 240))
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="slow.zip"\r\n'
+        "Content-Type: application/zip\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+
+    def slow_body() -> Iterator[bytes]:
+        yield head
+        for offset in range(0, len(payload), 16384):
+            yield payload[offset : offset + 16384]
+            time.sleep(0.05)
+        yield tail
+
+    outcome: dict[str, object] = {}
+    worker = threading.Thread(
+        target=lambda: outcome.update(
+            response=_try_post(
+                client,
+                "/datasets/upload",
+                content=slow_body(),
+                headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+            )
+        )
+    )
+    worker.start()
+    _wait_until(lambda: any(p.name.startswith(".staging-") for p in datasets_dir(own_platform).iterdir()))
+    time.sleep(0.3)
+    os.kill(own_platform.pid_of("dataset"), signal.SIGKILL)
+    worker.join(60)
+    response = outcome["response"]
+    assert not isinstance(response, httpx.Response) or response.status_code >= 500
+    _wait_until(lambda: _serving(client), timeout=60)
+    assert client.get("/datasets").json()["total"] == before
+    assert _staging_dirs(own_platform) == []
+
+
+def _try_post(http: httpx.Client, url: str, **kwargs: object) -> httpx.Response | Exception:
+    try:
+        if "content" not in kwargs:
+            kwargs["json"] = {}
+        return http.post(url, **kwargs)  # type: ignore[arg-type]
+    except httpx.HTTPError as error:
+        return error
