@@ -23,6 +23,8 @@ from services.registry import MESH_SERVICES, owner_of
 _TYPES = "type.googleapis.com/envoy.extensions"
 LUA_FILTER = REPO_ROOT / "envoy" / "error_shape.lua"
 GATEWAY_CLUSTER = "gateway"
+# Set on REST requests by envoy/error_shape.lua (keep the two in step).
+REST_MARK_HEADER = "x-vm-rest"
 # Served by the gateway's own gRPC server for the whole mesh.
 GATEWAY_GRPC_SERVICES = (
     "grpc.health.v1.Health",
@@ -127,8 +129,17 @@ def render(settings: GatewaySettings, descriptor_path: Path | None = None) -> di
         "always_set_request_id_in_response": True,
         "http_protocol_options": {"enable_trailers": True},
         "http2_protocol_options": {"max_concurrent_streams": 1000},
-        # Errors Envoy produces itself (bad JSON, unknown route, upstream down) in the documents' shape.
-        "local_reply_config": {"body_format": {"json_format": {"detail": "%LOCAL_REPLY_BODY%"}}},
+        # Errors Envoy produces itself (bad JSON, unknown route, upstream down) in the documents' shape, for
+        # REST clients only (marked by envoy/error_shape.lua before transcoding rewrites the content type);
+        # native gRPC clients keep Envoy's plain grpc-message.
+        "local_reply_config": {
+            "mappers": [
+                {
+                    "filter": {"header_filter": {"header": {"name": REST_MARK_HEADER, "present_match": True}}},
+                    "body_format_override": {"json_format": {"detail": "%LOCAL_REPLY_BODY%"}},
+                }
+            ]
+        },
         "route_config": {
             "name": "mesh",
             "virtual_hosts": [{"name": "mesh", "domains": ["*"], "routes": routes}],
