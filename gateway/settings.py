@@ -6,10 +6,10 @@ from pathlib import Path
 
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import REPO_ROOT, ServiceSettings
+from services.common.settings import REPO_ROOT, GrpcServerSettings
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(GrpcServerSettings):
     model_config = SettingsConfigDict(env_prefix="VM_GATEWAY_", extra="ignore", frozen=True)
 
     # The one HTTP entry point: REST (HTTP/1.1) and native gRPC (h2c) on the same port.

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common.errors import ServiceError
 from services.common.logging import configure_logging
-from services.common.settings import ServiceSettings
+from services.common.settings import GrpcServerSettings
 from services.common.tracing import configure_tracing
 
 log = structlog.get_logger(__name__)
@@ -40,7 +40,7 @@ _STATUS_CODES = {
 _QUIET_METHOD_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 
 
-def server_options(settings: ServiceSettings) -> list[tuple[str, Any]]:
+def server_options(settings: GrpcServerSettings) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
         ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
@@ -135,7 +135,7 @@ Registrar = Callable[[grpc.aio.Server], Iterable[str]]
 
 async def serve(
     component: str,
-    settings: ServiceSettings,
+    settings: GrpcServerSettings,
     register: Registrar,
     *,
     readiness: Callable[[], Awaitable[bool]] | None = None,
@@ -196,7 +196,7 @@ async def serve(
     log.info("stopped")
 
 
-def run_service(component: str, settings: ServiceSettings, main: Callable[[], Awaitable[None]]) -> None:
+def run_service(component: str, settings: GrpcServerSettings, main: Callable[[], Awaitable[None]]) -> None:
     """Process entry point: logging first, then the service's async main."""
     configure_logging(component, settings)
     asyncio.run(main())

@@ -32,14 +32,12 @@ class CommonSettings(BaseSettings):
     bind_host: str = Field("127.0.0.1", validation_alias="VM_BIND_HOST")
 
 
-class ServiceSettings(CommonSettings):
-    """A gRPC service of the mesh. Subclasses set `env_prefix` (e.g. VM_DATASET_) and the default port."""
+class GrpcServerSettings(CommonSettings):
+    """A process that runs a gRPC server. Subclasses set `env_prefix` (e.g. VM_DATASET_) and the port."""
 
-    # Host other processes (Envoy, peers) use to reach this service, and its gRPC port.
+    # Host other processes (Envoy, peers) use to reach this server, and its gRPC port.
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 0
-    # SQLAlchemy URL of the service's metadata store; empty = embedded SQLite under the data root.
-    database_url: str = ""
     # Largest gRPC message the server accepts or sends (uploads are streamed in smaller chunks).
     grpc_max_message_bytes: int = 64 * 1024 * 1024
     # Threads that run blocking domain work (database, files) for the asyncio gRPC server.
@@ -48,6 +46,13 @@ class ServiceSettings(CommonSettings):
     @property
     def grpc_address(self) -> str:
         return f"{self.grpc_host}:{self.grpc_port}"
+
+
+class ServiceSettings(GrpcServerSettings):
+    """A domain service of the mesh: a gRPC server that owns metadata and files."""
+
+    # SQLAlchemy URL of the service's metadata store; empty = embedded SQLite under the data root.
+    database_url: str = ""
 
     def sqlalchemy_url(self, service: str) -> str:
         if self.database_url:
