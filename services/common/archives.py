@@ -155,7 +155,7 @@ def stream_zip(members: Iterable[ZipMember], chunk_bytes: int = _COPY_CHUNK) -> 
                     zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)), source, compress_type=compression
                 )
             else:
-                info = zipfile.ZipInfo.from_file(source, name)
+                info = zipfile.ZipInfo.from_file(source, name, strict_timestamps=False)
                 info.compress_type = compression
                 size = source.stat().st_size
                 with open(source, "rb") as src, archive.open(info, "w", force_zip64=size > 2**31) as dst:

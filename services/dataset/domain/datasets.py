@@ -21,6 +21,7 @@ from services.common.storage.db import transaction
 from services.common.storage.files import fsync_dir, is_transient, remove_tree, resolve_inside, staging_dir
 from services.common.uploads import ReceivedFile
 from services.dataset.domain.data_yaml import render_data_yaml
+from services.dataset.domain.labels import MAX_CLASSES
 from services.dataset.domain.layout import IMAGE_SUFFIXES
 from services.dataset.domain.prepare import SPLITS, PreparedContent, PrepareOptions, prepare_version
 from services.dataset.domain.splitting import SplitRatio
@@ -36,7 +37,6 @@ LABELS_BACKUP_PREFIX = ".labels-old-"
 _MAX_TAGS = 100
 _MAX_TAG_CHARS = 100
 _MAX_DESCRIPTION_CHARS = 10_000
-_MAX_CLASSES = 10_000
 _CONTENT_TYPES = {
     ".jpg": "image/jpeg",
     ".jpeg": "image/jpeg",
@@ -52,8 +52,8 @@ def clean_classes(classes: list[str]) -> list[str]:
         raise InvalidArgument("classes must be non-empty strings")
     if len(set(names)) != len(names):
         raise InvalidArgument("classes must not repeat a name")
-    if len(names) > _MAX_CLASSES:
-        raise InvalidArgument(f"at most {_MAX_CLASSES} classes are supported")
+    if len(names) > MAX_CLASSES:
+        raise InvalidArgument(f"at most {MAX_CLASSES} classes are supported")
     return names
 
 

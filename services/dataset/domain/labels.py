@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 # Float noise such as 1.0000001 from other tools is accepted and clamped; anything further out is refused.
 _TOLERANCE = 1e-6
+# Most classes a dataset may have. Also bounds class ids read from labels when no class names are known,
+# so one line such as "1000000 0.5 0.5 0.1 0.1" cannot make the platform invent a million class names.
+MAX_CLASSES = 10_000
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ def _parse_line(text: str, num_classes: int | None) -> YoloBox:
     class_id = int(values[0])
     if num_classes is not None and class_id >= num_classes:
         raise ValueError(f"class id {class_id} is out of range (dataset has {num_classes} classes)")
+    if class_id >= MAX_CLASSES:
+        raise ValueError(f"class id {class_id} is out of range (at most {MAX_CLASSES} classes are supported)")
     try:
         coords = [float(v) for v in values[1:]]
     except ValueError:

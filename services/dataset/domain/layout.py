@@ -109,24 +109,39 @@ def _classify(entries: list[ArchiveEntry], layout: ZipLayout) -> dict[str, list[
     return kinds
 
 
+class _LabelIndex:
+    """Label files by name: an exact match wins; a match ignoring case counts only when it is unique, so
+    labels/A.txt and labels/a.txt each stay with their own image."""
+
+    def __init__(self, entries: list[ArchiveEntry]) -> None:
+        self.exact = {entry.name: entry for entry in entries}
+        self._folded: dict[str, list[ArchiveEntry]] = {}
+        for entry in entries:
+            self._folded.setdefault(entry.name.lower(), []).append(entry)
+        self.used: set[str] = set()
+
+    def find(self, candidate: str) -> ArchiveEntry | None:
+        entry = self.exact.get(candidate)
+        if entry is None:
+            folded = self._folded.get(candidate.lower(), [])
+            entry = folded[0] if len(folded) == 1 else None
+        if entry is not None:
+            self.used.add(entry.name)
+        return entry
+
+
 def read_layout(entries: list[ArchiveEntry]) -> ZipLayout:
     layout = ZipLayout()
     kinds = _classify(entries, layout)
-    texts = {entry.name.lower(): entry for entry in kinds["text"]}
-    used: set[str] = set()
+    labels = _LabelIndex(kinds["text"])
     for entry in sorted(kinds["image"], key=lambda e: e.name):
         path = PurePosixPath(entry.name)
-        label = None
-        for candidate in _label_candidates(path):
-            label = texts.get(candidate.lower())
-            if label is not None:
-                used.add(candidate.lower())
-                break
+        label = next(filter(None, map(labels.find, _label_candidates(path))), None)
         layout.images.append(ImageSource(entry, _split_of(path), label))
-    for key, entry in sorted(texts.items()):
-        if key in used:
+    for name, entry in sorted(labels.exact.items()):
+        if name in labels.used:
             continue
-        if "labels" in (part.lower() for part in PurePosixPath(entry.name).parts[:-1]):
+        if "labels" in (part.lower() for part in PurePosixPath(name).parts[:-1]):
             layout.orphan_labels.append(entry)
         else:
             layout.ignored += 1  # README.txt, train.txt image lists, ...
