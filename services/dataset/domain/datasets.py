@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 import structlog
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import Session, joinedload, selectinload, sessionmaker
 
 from services.common.archives import ZipMember, open_zip, safe_entries, stream_zip
 from services.common.clock import timestamp_id, utcnow
@@ -79,7 +79,11 @@ class DatasetManager:
     def _load(self, session: Session, dataset_id: str) -> DatasetRow:
         row = None
         if DATASET_ID.match(dataset_id):
-            row = session.get(DatasetRow, dataset_id, options=[selectinload(DatasetRow.versions)])
+            # One joined query: this is the hottest read of the service.
+            query = (
+                select(DatasetRow).options(joinedload(DatasetRow.versions)).where(DatasetRow.dataset_id == dataset_id)
+            )
+            row = session.execute(query).unique().scalar_one_or_none()
         if row is None:
             raise NotFound(f"Dataset {dataset_id!r} not found")
         return row
