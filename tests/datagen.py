@@ -112,19 +112,12 @@ def dataset_zip(**kwargs: object) -> bytes:
     return zip_bytes(dataset_members(**kwargs))  # type: ignore[arg-type]
 
 
-def zip_slip() -> bytes:
+def zip_with_unsafe_entry(name: str) -> bytes:
+    """A dataset ZIP with one entry stored under `name` as is (e.g. "../../evil.txt", "/tmp/evil.txt")."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("images/ok.jpg", draw_image(32, 32, []))
-        archive.writestr(zipfile.ZipInfo("../../evil.txt"), b"owned")
-    return buffer.getvalue()
-
-
-def zip_absolute_path() -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("images/ok.jpg", draw_image(32, 32, []))
-        archive.writestr(zipfile.ZipInfo("/tmp/evil.txt"), b"owned")
+        archive.writestr(zipfile.ZipInfo(name), b"owned")
     return buffer.getvalue()
 
 

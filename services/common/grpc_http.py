@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import quote
 
 import grpc
@@ -19,9 +20,11 @@ def content_disposition(filename: str, inline: bool) -> str:
 
 
 async def stream_download(
-    download: Download, context: grpc.aio.ServicerContext
+    context: grpc.aio.ServicerContext, produce: Callable[..., Download], *args: object
 ) -> AsyncIterator[httpbody_pb2.HttpBody]:
-    """Send `download` as a stream of HttpBody messages; Envoy turns it into one HTTP response body."""
+    """Run `produce(*args)` in a worker thread and send the Download it returns as a stream of HttpBody
+    messages; Envoy turns them into one HTTP response body with the content type and disposition."""
+    download = await asyncio.to_thread(produce, *args)
     await context.send_initial_metadata(
         (("content-disposition", content_disposition(download.filename, download.inline)),)
     )

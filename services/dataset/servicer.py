@@ -131,26 +131,20 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
         await asyncio.to_thread(self._datasets.delete, request.dataset_id)
         return pb.OperationResult(ok=True, message="Dataset deleted successfully")
 
-    async def ExportAnnotatedDataset(
+    def ExportAnnotatedDataset(
         self, request: pb.ExportDatasetRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
-        download = await asyncio.to_thread(self._datasets.export, request.dataset_id, request.version, True)
-        async for body in stream_download(download, context):
-            yield body
+        return stream_download(context, self._datasets.export, request.dataset_id, request.version, True)
 
-    async def ExportOriginalDataset(
+    def ExportOriginalDataset(
         self, request: pb.ExportDatasetRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
-        download = await asyncio.to_thread(self._datasets.export, request.dataset_id, request.version, False)
-        async for body in stream_download(download, context):
-            yield body
+        return stream_download(context, self._datasets.export, request.dataset_id, request.version, False)
 
-    async def GetDatasetFile(
+    def GetDatasetFile(
         self, request: pb.GetDatasetFileRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
-        download = await asyncio.to_thread(self._datasets.open_image, request.path)
-        async for body in stream_download(download, context):
-            yield body
+        return stream_download(context, self._datasets.open_image, request.path)
 
 
 def _task(summary: TaskSummary) -> pb.AnnotationTask:

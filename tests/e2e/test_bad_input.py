@@ -25,8 +25,8 @@ def _leftovers(platform: PlatformInstance) -> list[Path]:
     [
         (b"this is not a zip", "not a valid zip"),
         (b"", "empty"),
-        (datagen.zip_slip(), "unsafe path"),
-        (datagen.zip_absolute_path(), "unsafe path"),
+        (datagen.zip_with_unsafe_entry("../../evil.txt"), "unsafe path"),
+        (datagen.zip_with_unsafe_entry("/tmp/evil.txt"), "unsafe path"),
         (datagen.zip_bomb(), "zip bomb"),
         (datagen.zip_bytes({"readme.md": b"# nothing here"}), "no images"),
         (datagen.dataset_zip(count=3)[:-200], "not a valid zip"),
