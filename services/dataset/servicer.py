@@ -123,7 +123,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
         description = request.description if request.HasField("description") else None
         tags = _string_list(request.tags, "tags") if request.HasField("tags") else None
         row = await asyncio.to_thread(self._datasets.update, request.dataset_id, description, tags)
-        return _dataset(await asyncio.to_thread(self._datasets.get, row.dataset_id), self._datasets, detail=True)
+        return _dataset(row, self._datasets, detail=True)
 
     async def DeleteDataset(
         self, request: pb.DeleteDatasetRequest, context: grpc.aio.ServicerContext
