@@ -1,22 +1,10 @@
--- The REST contract's error shape, around Envoy's gRPC-JSON transcoder (this filter runs before it).
---
--- 0. Requests: mark REST calls with `x-vm-rest` before the transcoder turns them into gRPC, so Envoy's own
---    error replies (local_reply_config) are shaped for REST clients only.
+-- The REST contract's error shape, on responses coming back through Envoy's gRPC-JSON transcoder.
 --
 -- 1. Services put the HTTP status they mean in the `x-vm-http-status` metadata (Envoy's fixed gRPC->HTTP
 --    table has no 409 or 413); apply it to REST responses and never show the header to clients.
 -- 2. The transcoder renders a gRPC error as {"code": N, "message": "...", "details": []}; the documents
 --    promise {"detail": "..."}. The message is already a JSON string literal, so it is copied as is.
 local STATUS_HEADER = "x-vm-http-status"
-local REST_MARK_HEADER = "x-vm-rest"
-
-function envoy_on_request(handle)
-  local headers = handle:headers()
-  local content_type = headers:get("content-type") or ""
-  if content_type:find("application/grpc", 1, true) ~= 1 then
-    headers:replace(REST_MARK_HEADER, "1")
-  end
-end
 
 local function string_literal_at(text, quote_index)
   local i = quote_index + 1

@@ -23,8 +23,6 @@ from services.registry import MESH_SERVICES, owner_of
 _TYPES = "type.googleapis.com/envoy.extensions"
 LUA_FILTER = REPO_ROOT / "envoy" / "error_shape.lua"
 GATEWAY_CLUSTER = "gateway"
-# Set on REST requests by envoy/error_shape.lua (keep the two in step).
-REST_MARK_HEADER = "x-vm-rest"
 # Served by the gateway's own gRPC server for the whole mesh.
 GATEWAY_GRPC_SERVICES = (
     "grpc.health.v1.Health",
@@ -130,12 +128,28 @@ def render(settings: GatewaySettings, descriptor_path: Path | None = None) -> di
         "http_protocol_options": {"enable_trailers": True},
         "http2_protocol_options": {"max_concurrent_streams": 1000},
         # Errors Envoy produces itself (bad JSON, unknown route, upstream down) in the documents' shape, for
-        # REST clients only (marked by envoy/error_shape.lua before transcoding rewrites the content type);
-        # native gRPC clients keep Envoy's plain grpc-message.
+        # REST clients only: a request the transcoder rewrote keeps its REST path in x-envoy-original-path,
+        # one it refused still has its own content type. Native gRPC clients keep Envoy's grpc-message.
         "local_reply_config": {
             "mappers": [
                 {
-                    "filter": {"header_filter": {"header": {"name": REST_MARK_HEADER, "present_match": True}}},
+                    "filter": {
+                        "or_filter": {
+                            "filters": [
+                                {"header_filter": {"header": {"name": "x-envoy-original-path", "present_match": True}}},
+                                {
+                                    "header_filter": {
+                                        "header": {
+                                            "name": "content-type",
+                                            "string_match": {"prefix": "application/grpc"},
+                                            "invert_match": True,
+                                            "treat_missing_header_as_empty": True,
+                                        }
+                                    }
+                                },
+                            ]
+                        }
+                    },
                     "body_format_override": {"json_format": {"detail": "%LOCAL_REPLY_BODY%"}},
                 }
             ]

@@ -9,8 +9,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
+from visionmesh.dataset.v1 import dataset_pb2 as pb
+from visionmesh.dataset.v1 import dataset_pb2_grpc
 
 from launcher.instance import PlatformInstance
 from tests import datagen
@@ -75,9 +78,12 @@ def test_a_crashed_service_answers_503_then_is_restarted(own_platform: PlatformI
     _wait_until(
         lambda: not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
     )
-    response = client.get("/datasets")
-    if response.status_code != 200:  # the launcher may already have restarted it
-        assert_error(response, 503)
+    # The launcher waits a second before restarting it, and it takes seconds to start: it is down now.
+    assert_error(client.get("/datasets"), 503, "upstream")
+    with grpc.insecure_channel(own_platform.grpc_target) as channel, pytest.raises(grpc.RpcError) as down:
+        dataset_pb2_grpc.DatasetServiceStub(channel).ListDatasets(pb.ListDatasetsRequest(), timeout=10)
+    assert down.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert not down.value.details().startswith("{")  # gRPC clients get Envoy's message, not a REST body
     _wait_until(lambda: _serving(client), timeout=60)
     assert own_platform.pid_of("dataset") != pid
 
