@@ -1,0 +1,1 @@
+"""Training domain logic: no gRPC here."""
