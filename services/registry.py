@@ -25,6 +25,9 @@ class MeshService:
 
 MESH_SERVICES: tuple[MeshService, ...] = (
     MeshService("dataset", "services.dataset", "visionmesh.dataset.v1", "services.dataset.settings:DatasetSettings"),
+    MeshService(
+        "training", "services.training", "visionmesh.training.v1", "services.training.settings:TrainingSettings"
+    ),
 )
 
 

@@ -172,11 +172,13 @@ def test_postgres_is_health_checked(services: dict[str, dict[str, Any]]) -> None
     assert any(volume.endswith(":/var/lib/postgresql/data") for volume in postgres["volumes"])
 
 
-def test_rendered_envoy_config_matches_the_compose_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The environment of the envoy-config container.
-    monkeypatch.setenv("VM_DATASET_GRPC_HOST", "dataset")
-    monkeypatch.setenv("VM_GATEWAY_GRPC_HOST", "gateway")
-    monkeypatch.setenv("VM_BIND_HOST", "0.0.0.0")
+def test_rendered_envoy_config_matches_the_compose_network(
+    monkeypatch: pytest.MonkeyPatch, services: dict[str, dict[str, Any]]
+) -> None:
+    # Render with exactly the environment the envoy-config container gets.
+    for name, value in environment(services["envoy-config"]).items():
+        # Compose's ${VAR:-default} interpolation, with nothing set: the default.
+        monkeypatch.setenv(name, re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value))
     config = envoy_config.render(GatewaySettings(), descriptor_path=CONTAINER_DESCRIPTOR)
 
     resources = config["static_resources"]

@@ -1,0 +1,351 @@
+"""The model registry: models registered by completed jobs or uploaded as ZIPs; export, charts, ONNX.
+
+A model is a directory models/<model_id>/ (weights/best.pt, model.json, results.csv, model.onnx) plus its
+row. As everywhere in the mesh, the directory is built in staging and renamed into place, then the row is
+committed; deletion goes the other way round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.common.archives import ZipLimits, stream_zip
+from services.common.clock import iso, timestamp_id, utcnow
+from services.common.downloads import Download
+from services.common.errors import InvalidArgument, NotFound
+from services.common.storage.db import transaction
+from services.common.storage.files import TRASH_PREFIX, atomic_write_text, is_transient, remove_tree, staging_dir
+from services.common.uploads import ReceivedFile
+from services.training.domain.charts import read_history, render_training_chart
+from services.training.domain.checkpoints import inspect_checkpoint
+from services.training.domain.model_archive import model_zip_members, read_model_zip
+from services.training.domain.onnx_export import export_onnx, write_triton_model
+from services.training.storage.files import TrainingFiles
+from services.training.storage.tables import JobRow, ModelRow
+
+log = structlog.get_logger(__name__)
+
+MODEL_ID = re.compile(r"^model_\d{8}_\d{6}(_\d+)?$")
+_MAX_NAME_CHARS = 255
+_MAX_DESCRIPTION_CHARS = 10_000
+_MAX_TAGS = 100
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """What a completed job hands to the registry."""
+
+    job: JobRow
+    best: Path
+    results_csv: Path | None
+    classes: list[str]
+    metrics: dict[str, float]
+    imgsz: int
+
+
+def _clean_tags(tags: list[str]) -> list[str]:
+    cleaned = list(dict.fromkeys(tag.strip() for tag in tags if tag.strip()))
+    if len(cleaned) > _MAX_TAGS or any(len(tag) > 100 for tag in cleaned):
+        raise InvalidArgument(f"at most {_MAX_TAGS} tags of at most 100 characters each")
+    return cleaned
+
+
+class ModelRegistry:
+    def __init__(
+        self,
+        db: sessionmaker[Session],
+        files: TrainingFiles,
+        triton_repository: Path,
+        zip_limits: ZipLimits,
+        ultralytics_env: dict[str, str],
+    ) -> None:
+        self._db = db
+        self._files = files
+        self._triton_repository = triton_repository
+        self._zip_limits = zip_limits
+        self._ultralytics_env = ultralytics_env
+        files.models_root.mkdir(parents=True, exist_ok=True)
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    def _load(self, session: Session, model_id: str) -> ModelRow:
+        row = session.get(ModelRow, model_id) if MODEL_ID.match(model_id) else None
+        if row is None:
+            raise NotFound(f"Model {model_id!r} not found")
+        return row
+
+    def get(self, model_id: str) -> ModelRow:
+        with self._db() as session:
+            return self._load(session, model_id)
+
+    def exists(self, model_id: str) -> bool:
+        with self._db() as session:
+            return MODEL_ID.match(model_id) is not None and session.get(ModelRow, model_id) is not None
+
+    def list(self, page: int, page_size: int) -> tuple[list[ModelRow], int]:
+        if page < 0 or page_size < 0 or page_size > 1000:
+            raise InvalidArgument("page must be >= 1 and page_size between 1 and 1000 (0 = everything)")
+        with self._db() as session:
+            total = session.scalar(select(func.count()).select_from(ModelRow)) or 0
+            query = select(ModelRow).order_by(ModelRow.created_at.desc(), ModelRow.model_id.desc())
+            if page_size:
+                query = query.offset((max(page, 1) - 1) * page_size).limit(page_size)
+            return list(session.scalars(query)), total
+
+    def weights_path(self, model_id: str) -> Path:
+        return self._files.model_weights(model_id)
+
+    def onnx_path(self, model_id: str) -> Path:
+        return self._files.model_onnx(model_id)
+
+    def upload_staging(self):
+        """A directory for receiving an upload, on the same file system as the models."""
+        return staging_dir(self._files.models_root)
+
+    def history(self, model_id: str) -> list[dict[str, float]]:
+        """One {column: value} per epoch (empty for a model without training history)."""
+        try:
+            history = read_history(self._files.model_history(model_id))
+        except NotFound:
+            return []
+        return [
+            {
+                "epoch": epoch,
+                **{name: values[index] for name, values in history.columns.items() if math.isfinite(values[index])},
+            }
+            for index, epoch in enumerate(history.epochs)
+        ]
+
+    # -- registration ------------------------------------------------------------------------------------
+
+    def _publish(self, staging: Path, build: dict[str, Any], preferred_id: str | None = None) -> ModelRow:
+        """Rename `staging` to a new model directory and commit its row; returns the row."""
+        created = utcnow()
+        candidates = [preferred_id] if preferred_id else []
+        candidates += [timestamp_id("model", created, attempt) for attempt in range(1000)]
+        for model_id in candidates:
+            target = self._files.model_dir(model_id)
+            if target.exists() or self.exists(model_id):
+                continue
+            row = ModelRow(model_id=model_id, created_at=created, **build)
+            atomic_write_text(staging / "model.json", json.dumps(self.model_json(row), indent=2, ensure_ascii=False))
+            os.rename(staging, target)
+            try:
+                with transaction(self._db) as session:
+                    session.add(row)
+            except IntegrityError:
+                remove_tree(target)
+                continue
+            except BaseException:
+                remove_tree(target)
+                raise
+            return row
+        raise InvalidArgument("Too many models registered in the same second; retry")
+
+    def register_trained(self, trained: TrainedModel) -> ModelRow:
+        with staging_dir(self._files.models_root) as staging:
+            (staging / "weights").mkdir()
+            shutil.copyfile(trained.best, staging / "weights" / "best.pt")
+            if trained.results_csv is not None and trained.results_csv.exists():
+                shutil.copyfile(trained.results_csv, staging / "results.csv")
+            job = trained.job
+            row = self._publish(
+                staging,
+                {
+                    "name": f"{job.model_name.removesuffix('.pt')} on {job.dataset_id} {job.version}",
+                    "description": f"Trained by job {job.job_id}: {job.epochs} epochs at imgsz {job.imgsz}",
+                    "tags": [],
+                    "source": "trained",
+                    "job_id": job.job_id,
+                    "dataset_id": job.dataset_id,
+                    "classes": trained.classes,
+                    "imgsz": trained.imgsz,
+                    "metrics": trained.metrics,
+                    "file_size": (staging / "weights" / "best.pt").stat().st_size,
+                },
+            )
+        log.info("model registered", model_id=row.model_id, job_id=job.job_id)
+        return row
+
+    def register_upload(self, received: ReceivedFile) -> ModelRow:
+        if received.size == 0:
+            raise InvalidArgument("The uploaded file is empty")
+        with staging_dir(self._files.models_root) as staging:
+            uploaded = read_model_zip(received.path, staging, self._zip_limits)
+            info = inspect_checkpoint(uploaded.weights)
+            if info.task != "detect":
+                raise InvalidArgument(
+                    f"Only detection models can be registered; this checkpoint is a {info.task} model"
+                )
+            metadata = uploaded.metadata or {}
+            imgsz = metadata.get("imgsz", info.imgsz or 640)
+            if not isinstance(imgsz, int) or not 32 <= imgsz <= 4096:
+                raise InvalidArgument(f"model.json imgsz must be a whole number between 32 and 4096 (got {imgsz!r})")
+            tags = metadata.get("tags") if isinstance(metadata.get("tags"), list) else []
+            original = uploaded.original_model_id
+            row = self._publish(
+                staging,
+                {
+                    "name": str(metadata.get("name") or Path(received.filename).stem or "uploaded model")[
+                        :_MAX_NAME_CHARS
+                    ],
+                    "description": str(metadata.get("description") or "")[:_MAX_DESCRIPTION_CHARS],
+                    "tags": _clean_tags([str(tag) for tag in tags]),
+                    "source": "uploaded",
+                    "job_id": None,
+                    "dataset_id": metadata.get("dataset_id") if isinstance(metadata.get("dataset_id"), str) else None,
+                    "classes": info.classes,
+                    "imgsz": imgsz,
+                    "metrics": metadata.get("metrics") if isinstance(metadata.get("metrics"), dict) else {},
+                    "file_size": uploaded.weights.stat().st_size,
+                },
+                # Keep the ZIP's model_id unless it is taken or malformed (then a new one, as documented).
+                preferred_id=original if original and MODEL_ID.match(original) else None,
+            )
+        log.info("model uploaded", model_id=row.model_id, filename=received.filename)
+        return row
+
+    # -- changes -------------------------------------------------------------------------------------------
+
+    def update(self, model_id: str, name: str | None, description: str | None, tags: list[str] | None) -> ModelRow:
+        if name is not None and not (0 < len(name.strip()) <= _MAX_NAME_CHARS):
+            raise InvalidArgument(f"name must be 1 to {_MAX_NAME_CHARS} characters")
+        if description is not None and len(description) > _MAX_DESCRIPTION_CHARS:
+            raise InvalidArgument(f"description is longer than {_MAX_DESCRIPTION_CHARS} characters")
+        with transaction(self._db) as session:
+            row = self._load(session, model_id)
+            if name is not None:
+                row.name = name.strip()
+            if description is not None:
+                row.description = description
+            if tags is not None:
+                row.tags = _clean_tags(tags)
+        atomic_write_text(
+            self._files.model_dir(model_id) / "model.json",
+            json.dumps(self.model_json(row), indent=2, ensure_ascii=False),
+        )
+        return row
+
+    def delete(self, model_id: str) -> None:
+        with transaction(self._db) as session:
+            session.delete(self._load(session, model_id))
+        remove_tree(self._files.model_dir(model_id))
+        self._remove_from_repository(model_id)
+        log.info("model deleted", model_id=model_id)
+
+    def _remove_from_repository(self, model_id: str) -> None:
+        """Triton treats every folder of its repository as a model, hidden ones too: the model is moved out
+        of the repository (one rename) before it is deleted."""
+        served = self._triton_repository / model_id
+        if served.exists():
+            aside = self._triton_repository.parent / f"{TRASH_PREFIX}{model_id}-{uuid.uuid4().hex[:8]}"
+            os.rename(served, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+
+    # -- files out -----------------------------------------------------------------------------------------
+
+    def model_json(self, row: ModelRow) -> dict[str, Any]:
+        return {
+            "model_id": row.model_id,
+            "name": row.name,
+            "description": row.description,
+            "tags": row.tags,
+            "classes": row.classes,
+            "imgsz": row.imgsz,
+            "source": row.source,
+            "job_id": row.job_id,
+            "dataset_id": row.dataset_id,
+            "metrics": row.metrics,
+            "created_at": iso(row.created_at),
+        }
+
+    def export_zip(self, model_id: str) -> Download:
+        row = self.get(model_id)
+        members = model_zip_members(self._files.model_dir(model_id), model_id, self.model_json(row))
+        return Download(f"{model_id}.zip", "application/zip", stream_zip(members))
+
+    def chart(self, model_id: str, chart_type: str) -> bytes:
+        self.get(model_id)
+        return render_training_chart(self._files.model_history(model_id), chart_type or "all")
+
+    # -- ONNX export into the Triton repository ----------------------------------------------------------
+
+    def export_for_serving(self, model_id: str) -> None:
+        """Export to ONNX and write the Triton model; the outcome is recorded on the model, not raised."""
+        row = self.get(model_id)
+        try:
+            onnx_file = export_onnx(
+                self._files.model_weights(model_id), self._files.model_onnx(model_id), row.imgsz, self._ultralytics_env
+            )
+            write_triton_model(self._triton_repository, model_id, onnx_file, row.classes, row.imgsz)
+        except Exception as error:  # noqa: BLE001 - any failure is recorded on the model for users to see
+            log.warning("onnx export failed", model_id=model_id, error=str(error))
+            self._set_export(model_id, "failed", str(error)[-2000:])
+            return
+        self._set_export(model_id, "ready", "")
+        log.info("model exported for serving", model_id=model_id)
+
+    def _set_export(self, model_id: str, status: str, error: str) -> None:
+        with transaction(self._db) as session:
+            row = session.get(ModelRow, model_id)
+            if row is not None:  # deleted meanwhile
+                row.export_status, row.export_error = status, error
+
+    def pending_exports(self) -> list[str]:
+        with self._db() as session:
+            return list(session.scalars(select(ModelRow.model_id).where(ModelRow.export_status == "pending")))
+
+    def recover(self) -> None:
+        """Remove staging leftovers and model directories without a row."""
+        with self._db() as session:
+            known = set(session.scalars(select(ModelRow.model_id)))
+        leftovers = [entry for entry in self._files.models_root.iterdir() if entry.name not in known]
+        leftovers += [
+            child
+            for model_id in known
+            if (folder := self._files.model_dir(model_id)).is_dir()
+            for child in folder.iterdir()
+            if is_transient(child.name)
+        ]
+        if self._triton_repository.parent.is_dir():
+            leftovers += [e for e in self._triton_repository.parent.iterdir() if is_transient(e.name)]
+        for entry in leftovers:
+            log.warning("removing leftover from an interrupted operation", path=str(entry))
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink()
+
+
+class ServingExporter:
+    """Runs ONNX exports one at a time, in the background: an export takes seconds to minutes and a few
+    hundred MB, and must never sit in a request's path."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+
+    def request(self, model_id: str) -> None:
+        self._queue.put_nowait(model_id)
+
+    async def run(self) -> None:
+        for model_id in await asyncio.to_thread(self._registry.pending_exports):
+            self.request(model_id)
+        while True:
+            model_id = await self._queue.get()
+            with structlog.contextvars.bound_contextvars(model_id=model_id):
+                try:
+                    await asyncio.to_thread(self._registry.export_for_serving, model_id)
+                except NotFound:
+                    continue  # deleted before its turn
