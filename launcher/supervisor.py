@@ -4,7 +4,6 @@ crashes (with back-off), stop everything in reverse order on SIGINT/SIGTERM."""
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import os
 import signal
@@ -15,18 +14,13 @@ from pathlib import Path
 
 import structlog
 
+from services.common.processes import dying_with_parent
+
 log = structlog.get_logger("launcher")
 
-_PR_SET_PDEATHSIG = 1
 _STOP_TIMEOUT_S = 15.0
 _MAX_BACKOFF_S = 30.0
 _STABLE_AFTER_S = 60.0
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: if the launcher dies (even by SIGKILL), the child gets SIGTERM."""
-    os.setsid()  # own process group: Ctrl-C reaches only the launcher, which stops children in order
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -63,10 +57,12 @@ class Supervisor:
 
     async def _spawn(self, component: Component) -> None:
         component.process = await asyncio.create_subprocess_exec(
-            *component.command,
+            # If the launcher dies (even by SIGKILL), its children get SIGTERM.
+            *dying_with_parent(component.command, signal.SIGTERM),
             env={**self._base_env, **component.env},
             stdin=asyncio.subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            # Their own session: Ctrl-C reaches only the launcher, which stops the children in order.
+            start_new_session=True,
         )
         component.started_at = time.monotonic()
         self._write_state()

@@ -289,3 +289,41 @@ def test_bad_job_requests(http: httpx.Client, dataset_id: str) -> None:
         ("DELETE", "/models/model_20000101_000000"),
     ]:
         assert_error(http.request(method, url), 404)
+
+
+def test_jobs_wait_for_a_slot_and_a_failing_job_leaves_the_service_running(http: httpx.Client, dataset_id: str) -> None:
+    running = http.post("/train/jobs", json={"dataset_id": dataset_id, "epochs": 50, "imgsz": 64, "batch": 4}).json()
+    _wait_for(http, running["job_id"], lambda job: job["status"] == "running")
+    doomed_dataset, _ = prepared(http, datagen.dataset_zip(count=8, size=(64, 64)))
+    waiting = http.post("/train/jobs", json={"dataset_id": doomed_dataset, **TINY}).json()
+    assert waiting["status"] == "queued"  # one slot (VM_TRAINING_MAX_CONCURRENT_JOBS=1), and it is taken
+    assert http.get("/train/jobs", params={"status": "queued"}).json()["jobs"][0]["job_id"] == waiting["job_id"]
+    # Its dataset disappears before the job gets its turn: the job fails with the reason, nothing else does.
+    http.delete(f"/datasets/{doomed_dataset}")
+    http.post(f"/train/jobs/{running['job_id']}/stop")
+    failed = _wait_for(http, waiting["job_id"], _finished)
+    assert failed["status"] == "failed" and doomed_dataset in failed["error"], failed
+    log = http.get("/logs/lines", params={"job_id": waiting["job_id"]}).json()["lines"]
+    assert "Job failed" in log[-1] and doomed_dataset in log[-1]
+    assert http.get("/train/jobs").status_code == 200
+
+
+def test_fine_tuning_from_a_registered_model(http: httpx.Client, dataset_id: str, trained: dict) -> None:
+    for body in ({"base_model_id": trained["model_id"]}, {"model_name": trained["model_id"]}):
+        job_id = http.post("/train/jobs", json={"dataset_id": dataset_id, **TINY, **body}).json()["job_id"]
+        job = _wait_for(http, job_id, _finished)
+        assert job["status"] == "completed", job
+        assert job["base_model_id"] == trained["model_id"] and job["weights_source"].startswith("checkpoint:")
+
+
+def test_native_clients_follow_the_log_by_grpc(platform: PlatformInstance, http: httpx.Client, trained: dict) -> None:
+    import grpc
+    from visionmesh.training.v1 import training_pb2, training_pb2_grpc
+
+    with grpc.insecure_channel(platform.grpc_target) as channel:
+        stub = training_pb2_grpc.LogServiceStub(channel)
+        lines = list(stub.FollowLog(training_pb2.LogRequest(job_id=trained["job_id"]), timeout=60))
+    expected = http.get("/logs/lines", params={"job_id": trained["job_id"], "n": 0}).json()["lines"]
+    assert [line.line for line in lines] == expected
+    log_size = Path(trained["log_file"]).stat().st_size
+    assert lines[-1].offset == log_size

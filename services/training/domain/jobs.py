@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import re
@@ -30,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.clock import timestamp_id, utcnow
 from services.common.errors import InvalidArgument, NotFound
+from services.common.processes import dying_with_parent
 from services.common.storage.db import transaction
 from services.common.storage.files import atomic_write_text, remove_tree
 from services.training.domain.logs import append_line
@@ -44,7 +44,6 @@ JOB_ID = re.compile(r"^job_\d{8}_\d{6}(_\d+)?$")
 # Detection model names Ultralytics knows how to build (yolov8n.pt, yolo11s.pt, yolov5nu.pt, ...).
 PRETRAINED_NAME = re.compile(r"^(yolov3|yolov5|yolov6|yolov8|yolov9|yolov10|yolo11|yolo12)[a-z]{0,2}u?\.pt$")
 FINISHED = frozenset({"completed", "failed", "stopped", "interrupted"})
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -71,12 +70,6 @@ class _Active:
     process: asyncio.subprocess.Process | None = None
     stop_requested: bool = False
     finished: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-def _kill_with_parent() -> None:
-    """Runs in the worker before exec: a worker never outlives the service that supervises it."""
-    os.setsid()
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -306,15 +299,13 @@ class JobManager:
         # Ultralytics' console output (progress bars, tracebacks) goes to the job's own file, not the service log.
         with open(job_dir / "worker.out", "ab") as console:
             active.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "services.training.worker",
-                str(job_dir),
+                # A worker never outlives the service that supervises it.
+                *dying_with_parent([sys.executable, "-m", "services.training.worker", str(job_dir)], signal.SIGKILL),
                 env={**os.environ, **self._worker_env},
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=console,
                 stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=_kill_with_parent,
+                start_new_session=True,
             )
         log.info("training worker started", pid=active.process.pid, resume=resume)
         code = await active.process.wait()
