@@ -8,6 +8,7 @@ body (application/zip, application/octet-stream, ...). Nothing is held in memory
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -221,3 +222,16 @@ async def receive_upload(
         return await asyncio.to_thread(receiver.finish), first
     finally:
         receiver.close()
+
+
+async def receive_file(
+    messages: AsyncIterator[Any], body_of: Callable[[Any], Any], staging: Path, max_bytes: int, default_name: str
+) -> ReceivedFile:
+    """The single multipart field `file` (or a raw body) of a client-streaming upload RPC; a raw body is
+    named by the first message's `filename`, if any."""
+    receiver = UploadReceiver(staging, max_bytes, raw_field="file", raw_filename=default_name)
+    upload, first = await receive_upload(messages, body_of, receiver)
+    received = upload.single_file("file")
+    if getattr(first, "filename", ""):
+        received = dataclasses.replace(received, filename=clean_filename(first.filename, received.filename))
+    return received

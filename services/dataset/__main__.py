@@ -6,12 +6,11 @@ import asyncio
 from pathlib import Path
 
 import grpc
-from sqlalchemy import text
 from visionmesh.dataset.v1 import dataset_pb2, dataset_pb2_grpc
 
 from services.common.grpc_server import run_service, serve
 from services.common.locks import KeyedLocks
-from services.common.storage.db import create_db_engine, migrate, session_factory
+from services.common.storage.db import create_db_engine, database_probe, migrate, session_factory
 from services.dataset.domain.annotations import AnnotationManager
 from services.dataset.domain.datasets import DatasetManager
 from services.dataset.servicer import AnnotationServicer, DatasetServicer
@@ -37,21 +36,10 @@ async def main(settings: DatasetSettings) -> None:
         dataset_pb2_grpc.add_AnnotationServiceServicer_to_server(AnnotationServicer(annotations), server)
         return [service.full_name for service in dataset_pb2.DESCRIPTOR.services_by_name.values()]
 
-    async def database_ready() -> bool:
-        def ping() -> bool:
-            with engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-            return True
-
-        try:
-            return await asyncio.to_thread(ping)
-        except Exception:  # noqa: BLE001 - any failure means not ready
-            return False
-
     async def dispose() -> None:
         engine.dispose()
 
-    await serve("dataset", settings, register, readiness=database_ready, on_shutdown=dispose)
+    await serve("dataset", settings, register, readiness=database_probe(engine), on_shutdown=dispose)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator
 
 import grpc
@@ -14,7 +13,8 @@ from visionmesh.dataset.v1 import dataset_pb2_grpc
 from services.common.clock import iso
 from services.common.errors import InvalidArgument
 from services.common.grpc_http import stream_download
-from services.common.uploads import UploadReceiver, clean_filename, receive_upload
+from services.common.messages import string_list
+from services.common.uploads import receive_file
 from services.dataset.domain.annotations import AnnotationManager, TaskSummary
 from services.dataset.domain.datasets import DatasetManager
 from services.dataset.domain.labels import PixelBox
@@ -65,12 +65,6 @@ def _report(report: PrepareReport) -> pb.PrepareReport:
     )
 
 
-def _string_list(values: pb.google_dot_protobuf_dot_struct__pb2.ListValue, field: str) -> list[str]:
-    if any(value.WhichOneof("kind") != "string_value" for value in values.values):
-        raise InvalidArgument(f"{field} must be an array of strings")
-    return [value.string_value for value in values.values]
-
-
 class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
     def __init__(self, datasets: DatasetManager, settings: DatasetSettings) -> None:
         self._datasets = datasets
@@ -80,13 +74,9 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
         self, request_iterator: AsyncIterator[pb.UploadDatasetRequest], context: grpc.aio.ServicerContext
     ) -> pb.Dataset:
         with self._datasets.upload_staging() as staging:
-            receiver = UploadReceiver(
-                staging, self._settings.max_upload_bytes, raw_field="file", raw_filename="dataset.zip"
+            received = await receive_file(
+                request_iterator, lambda message: message.body, staging, self._settings.max_upload_bytes, "dataset.zip"
             )
-            upload, first = await receive_upload(request_iterator, lambda message: message.body, receiver)
-            received = upload.single_file("file")
-            if first.filename:
-                received = dataclasses.replace(received, filename=clean_filename(first.filename, received.filename))
             row = await asyncio.to_thread(self._datasets.register_upload, received)
         return _dataset(row, self._datasets, detail=False)
 
@@ -121,7 +111,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
 
     async def UpdateDataset(self, request: pb.UpdateDatasetRequest, context: grpc.aio.ServicerContext) -> pb.Dataset:
         description = request.description if request.HasField("description") else None
-        tags = _string_list(request.tags, "tags") if request.HasField("tags") else None
+        tags = string_list(request.tags, "tags") if request.HasField("tags") else None
         row = await asyncio.to_thread(self._datasets.update, request.dataset_id, description, tags)
         return _dataset(row, self._datasets, detail=True)
 

@@ -7,12 +7,11 @@ import os
 from pathlib import Path
 
 import grpc
-from sqlalchemy import text
 from visionmesh.training.v1 import training_pb2, training_pb2_grpc
 
 from services.common.archives import ZipLimits
 from services.common.grpc_server import run_service, serve
-from services.common.storage.db import create_db_engine, migrate, session_factory
+from services.common.storage.db import create_db_engine, database_probe, migrate, session_factory
 from services.dataset.settings import DatasetSettings
 from services.training.clients import GrpcDatasetSource
 from services.training.domain.jobs import JobLimits, JobManager
@@ -63,17 +62,6 @@ async def main(settings: TrainingSettings) -> None:
         training_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models, exporter, settings), server)
         return [service.full_name for service in training_pb2.DESCRIPTOR.services_by_name.values()]
 
-    async def database_ready() -> bool:
-        def ping() -> bool:
-            with engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-            return True
-
-        try:
-            return await asyncio.to_thread(ping)
-        except Exception:  # noqa: BLE001 - any failure means not ready
-            return False
-
     async def shutdown() -> None:
         for task in background:
             task.cancel()
@@ -82,7 +70,7 @@ async def main(settings: TrainingSettings) -> None:
         engine.dispose()
 
     await jobs.schedule()  # queued jobs from before a restart start now
-    await serve("training", settings, register, readiness=database_ready, on_shutdown=shutdown)
+    await serve("training", settings, register, readiness=database_probe(engine), on_shutdown=shutdown)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,9 +13,9 @@ from visionmesh.training.v1 import training_pb2 as pb
 from visionmesh.training.v1 import training_pb2_grpc
 
 from services.common.clock import iso
-from services.common.errors import InvalidArgument
 from services.common.grpc_http import stream_download
-from services.common.uploads import UploadReceiver, clean_filename, receive_upload
+from services.common.messages import nullable, string_list
+from services.common.uploads import receive_file
 from services.training.domain import logs
 from services.training.domain.jobs import JobManager, NewJob
 from services.training.domain.models import ModelRegistry, ServingExporter
@@ -26,21 +25,10 @@ from services.training.storage.tables import JobRow, ModelRow
 _MB = 1024 * 1024
 
 
-def _nullable(value: str | None) -> struct_pb2.Value:
-    """A JSON string, or null where the documents print null."""
-    return struct_pb2.Value(string_value=value) if value else struct_pb2.Value(null_value=struct_pb2.NULL_VALUE)
-
-
 def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
     message = struct_pb2.Struct()
     message.update(values)
     return message
-
-
-def _string_list(values: struct_pb2.ListValue, field: str) -> list[str]:
-    if any(value.WhichOneof("kind") != "string_value" for value in values.values):
-        raise InvalidArgument(f"{field} must be an array of strings")
-    return [value.string_value for value in values.values]
 
 
 def _job(row: JobRow, log_file: str, epochs_completed: int) -> pb.Job:
@@ -54,10 +42,10 @@ def _job(row: JobRow, log_file: str, epochs_completed: int) -> pb.Job:
         batch=row.batch,
         status=row.status,
         created_at=iso(row.created_at),
-        model_id=_nullable(row.model_id),
-        base_model_id=_nullable(row.base_model_id),
-        completed_at=_nullable(iso(row.completed_at)),
-        started_at=_nullable(iso(row.started_at)),
+        model_id=nullable(row.model_id),
+        base_model_id=nullable(row.base_model_id),
+        completed_at=nullable(iso(row.completed_at)),
+        started_at=nullable(iso(row.started_at)),
         log_file=log_file,
         epochs_completed=epochs_completed,
         weights_source=row.weights_source,
@@ -154,8 +142,8 @@ class ModelServicer(training_pb2_grpc.ModelServiceServicer):
             file_size=float(row.file_size),
             file_size_mb=round(row.file_size / _MB, 2),
             created_at=iso(row.created_at),
-            job_id=_nullable(row.job_id),
-            dataset_id=_nullable(row.dataset_id),
+            job_id=nullable(row.job_id),
+            dataset_id=nullable(row.dataset_id),
             tags=row.tags,
             source=row.source,
             classes=row.classes,
@@ -180,7 +168,7 @@ class ModelServicer(training_pb2_grpc.ModelServiceServicer):
         return await asyncio.to_thread(self._model, row, True)
 
     async def UpdateModel(self, request: pb.UpdateModelRequest, context: grpc.aio.ServicerContext) -> pb.Model:
-        tags = _string_list(request.tags, "tags") if request.HasField("tags") else None
+        tags = string_list(request.tags, "tags") if request.HasField("tags") else None
         row = await asyncio.to_thread(
             self._models.update,
             request.model_id,
@@ -198,13 +186,13 @@ class ModelServicer(training_pb2_grpc.ModelServiceServicer):
         self, request_iterator: AsyncIterator[pb.UploadModelRequest], context: grpc.aio.ServicerContext
     ) -> pb.Model:
         with self._models.upload_staging() as staging:
-            receiver = UploadReceiver(
-                staging, self._settings.max_model_upload_bytes, raw_field="file", raw_filename="model.zip"
+            received = await receive_file(
+                request_iterator,
+                lambda message: message.body,
+                staging,
+                self._settings.max_model_upload_bytes,
+                "model.zip",
             )
-            upload, first = await receive_upload(request_iterator, lambda message: message.body, receiver)
-            received = upload.single_file("file")
-            if first.filename:
-                received = dataclasses.replace(received, filename=clean_filename(first.filename, received.filename))
             row = await asyncio.to_thread(self._models.register_upload, received)
         self._exporter.request(row.model_id)
         return await asyncio.to_thread(self._model, row, True)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.common.clock import timestamp_id, utcnow
 from services.common.errors import InvalidArgument, NotFound
 from services.common.locks import KeyedLocks
-from services.common.storage.db import transaction
+from services.common.storage.db import paged, transaction
 from services.common.storage.files import atomic_write_text, fsync_dir, remove_tree, staging_dir
 from services.dataset.domain.data_yaml import render_data_yaml
 from services.dataset.domain.datasets import LABELS_BACKUP_PREFIX, DatasetManager, clean_classes
@@ -162,8 +162,6 @@ class AnnotationManager:
             return self._summary(session, self._task(session, task_id))
 
     def list_items(self, task_id: str, page: int, page_size: int) -> tuple[list[TaskItem], int]:
-        if page < 0 or page_size < 0 or page_size > 10_000:
-            raise InvalidArgument("page must be >= 1 and page_size between 1 and 10000 (0 = everything)")
         with self._db() as session:
             task = self._task(session, task_id)
             total = session.scalar(select(func.count()).where(ImageRow.version_pk == task.version_pk)) or 0
@@ -173,11 +171,9 @@ class AnnotationManager:
                 .where(ImageRow.version_pk == task.version_pk)
                 .order_by(ImageRow.split, ImageRow.image_id)
             )
-            if page_size:
-                query = query.offset((max(page, 1) - 1) * page_size).limit(page_size)
             items = [
                 TaskItem(image, self._files.image_path(task.dataset_id, task.version, image.relpath), bool(flag))
-                for image, flag in session.execute(query)
+                for image, flag in session.execute(paged(query, page, page_size, 10_000))
             ]
         return items, total
 

@@ -17,7 +17,7 @@ from services.common.clock import timestamp_id, utcnow
 from services.common.downloads import Download, file_chunks
 from services.common.errors import InvalidArgument, NotFound
 from services.common.locks import KeyedLocks
-from services.common.storage.db import transaction
+from services.common.storage.db import paged, transaction
 from services.common.storage.files import fsync_dir, is_transient, remove_tree, resolve_inside, staging_dir
 from services.common.uploads import ReceivedFile
 from services.dataset.domain.data_yaml import render_data_yaml
@@ -102,8 +102,6 @@ class DatasetManager:
         raise NotFound(f"Version {version!r} of dataset {dataset_id!r} not found (versions: {available})")
 
     def list(self, page: int, page_size: int) -> tuple[list[DatasetRow], int]:
-        if page < 0 or page_size < 0 or page_size > 1000:
-            raise InvalidArgument("page must be >= 1 and page_size between 1 and 1000 (0 = everything)")
         with self._db() as session:
             total = session.scalar(select(func.count()).select_from(DatasetRow)) or 0
             query = (
@@ -111,9 +109,7 @@ class DatasetManager:
                 .options(selectinload(DatasetRow.versions))
                 .order_by(DatasetRow.created_at.desc(), DatasetRow.dataset_id.desc())
             )
-            if page_size:
-                query = query.offset((max(page, 1) - 1) * page_size).limit(page_size)
-            return list(session.scalars(query)), total
+            return list(session.scalars(paged(query, page, page_size, 1000))), total
 
     def data_yaml_path(self, row: VersionRow) -> Path:
         return self._files.data_yaml(row.dataset_id, row.version)

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.common.clock import timestamp_id, utcnow
 from services.common.errors import InvalidArgument, NotFound
 from services.common.processes import dying_with_parent
-from services.common.storage.db import transaction
+from services.common.storage.db import paged, transaction
 from services.common.storage.files import atomic_write_text, remove_tree
 from services.training.domain.logs import append_line
 from services.training.domain.models import MODEL_ID, ModelRegistry, TrainedModel
@@ -123,17 +123,13 @@ class JobManager:
             return self._load(session, job_id)
 
     def list(self, page: int, page_size: int, status: str) -> tuple[list[JobRow], int]:
-        if page < 0 or page_size < 0 or page_size > 1000:
-            raise InvalidArgument("page must be >= 1 and page_size between 1 and 1000 (0 = everything)")
         with self._db() as session:
             query = select(JobRow).order_by(JobRow.created_at.desc(), JobRow.job_id.desc())
             count = select(func.count()).select_from(JobRow)
             if status:
                 query, count = query.where(JobRow.status == status), count.where(JobRow.status == status)
             total = session.scalar(count) or 0
-            if page_size:
-                query = query.offset((max(page, 1) - 1) * page_size).limit(page_size)
-            return list(session.scalars(query)), total
+            return list(session.scalars(paged(query, page, page_size, 1000))), total
 
     def epochs_completed(self, row: JobRow) -> int:
         """Live for a running job (its worker's progress.json), as recorded otherwise."""

@@ -27,7 +27,7 @@ from services.common.archives import ZipLimits, stream_zip
 from services.common.clock import iso, timestamp_id, utcnow
 from services.common.downloads import Download
 from services.common.errors import InvalidArgument, NotFound
-from services.common.storage.db import transaction
+from services.common.storage.db import paged, transaction
 from services.common.storage.files import TRASH_PREFIX, atomic_write_text, is_transient, remove_tree, staging_dir
 from services.common.uploads import ReceivedFile
 from services.training.domain.charts import read_history, render_training_chart
@@ -97,14 +97,10 @@ class ModelRegistry:
             return MODEL_ID.match(model_id) is not None and session.get(ModelRow, model_id) is not None
 
     def list(self, page: int, page_size: int) -> tuple[list[ModelRow], int]:
-        if page < 0 or page_size < 0 or page_size > 1000:
-            raise InvalidArgument("page must be >= 1 and page_size between 1 and 1000 (0 = everything)")
         with self._db() as session:
             total = session.scalar(select(func.count()).select_from(ModelRow)) or 0
             query = select(ModelRow).order_by(ModelRow.created_at.desc(), ModelRow.model_id.desc())
-            if page_size:
-                query = query.offset((max(page, 1) - 1) * page_size).limit(page_size)
-            return list(session.scalars(query)), total
+            return list(session.scalars(paged(query, page, page_size, 1000))), total
 
     def weights_path(self, model_id: str) -> Path:
         return self._files.model_weights(model_id)
