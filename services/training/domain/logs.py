@@ -4,7 +4,9 @@ or followed live (SSE and gRPC streaming)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -16,6 +18,8 @@ from services.common.errors import InvalidArgument
 TAIL_MAX_LINES = 50
 # How often a follower looks for new lines: the bound on how late an SSE client sees a line.
 FOLLOW_POLL_SECONDS = 0.05
+# How often it asks whether the job has ended (a database query): ending may be noticed this much later.
+FINISHED_CHECK_SECONDS = 0.5
 
 
 def append_line(log_file: Path, message: str) -> None:
@@ -96,8 +100,12 @@ async def follow(log_file: Path, finished: Callable[[], bool], offset: int = 0) 
     """Yield (line, offset after it) from `offset` on, as lines are written, until `finished()` holds and
     everything written before that has been sent. Until then a line still being written waits for its
     newline."""
+    checked_at = -math.inf
     while True:
-        done = finished()  # checked before reading, so lines written just before the end are not lost
+        done = False
+        if time.monotonic() - checked_at >= FINISHED_CHECK_SECONDS:
+            # Checked before reading, so the lines written just before the end are still sent.
+            done, checked_at = finished(), time.monotonic()
         data = _read_from(log_file, offset)
         usable = data if done else data[: data.rfind(b"\n") + 1]
         position = 0
