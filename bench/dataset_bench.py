@@ -34,7 +34,6 @@ import contextlib
 import http.client
 import io
 import json
-import math
 import os
 import platform
 import shutil
@@ -59,6 +58,7 @@ from PIL import Image, ImageDraw
 from visionmesh.dataset.v1 import dataset_pb2 as pb
 from visionmesh.dataset.v1 import dataset_pb2_grpc
 
+from bench.benchlib import load_average, percentile, verdict, write_json
 from launcher.instance import PlatformInstance
 
 PREPARE_TARGET_IMAGES_PER_S = 500.0
@@ -311,12 +311,6 @@ class LatencyResult:
     reconnects: int = 0
 
 
-def percentile(sorted_values: list[float], pct: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    rank = max(1, math.ceil(len(sorted_values) * pct / 100))
-    return sorted_values[rank - 1]
-
-
 def _timed_run(clients: list[Client], requests: int, warmup_each: int) -> tuple[list[float], float]:
     """Every client warms up on its own thread, then all start together; the latencies (ms) and wall time (s)."""
     concurrency = len(clients)
@@ -456,10 +450,6 @@ class Report:
     gateway_overhead: list[Overhead] = field(default_factory=list)
 
 
-def _verdict(ok: bool) -> str:
-    return "OK" if ok else "MISSED"
-
-
 def render_table(report: Report) -> str:
     lines = []
     env = report.environment
@@ -480,7 +470,7 @@ def render_table(report: Report) -> str:
             f"  {'upload':<34}{up.upload_s:>9.3f}{up.images / up.upload_s:>11.0f}{up.upload_mb_per_s:>9.1f}",
             f"  {f'prepare (median of {len(up.prepare_runs_s)})':<34}{up.prepare_median_s:>9.3f}"
             f"{up.prepare_images_per_s:>11.0f}{up.prepare_mb_per_s:>9.1f}"
-            f"   >= {up.target_images_per_s:.0f} images/s  {_verdict(up.meets_target)}",
+            f"   >= {up.target_images_per_s:.0f} images/s  {verdict(up.meets_target)}",
             f"  prepare runs (s): {', '.join(f'{s:.3f}' for s in up.prepare_runs_s)}"
             f"  -> versions {', '.join(up.prepare_versions)}; last split {up.train_count} train / {up.val_count} val",
         ]
@@ -506,14 +496,9 @@ def render_table(report: Report) -> str:
             )
             lines.append(
                 f"  concurrency {o.concurrency:>2}: {o.gateway_p50_ms:+.3f} ms   target <= {o.target_ms:g} ms  "
-                f"{_verdict(o.meets_target)}{envoy_grpc}"
+                f"{verdict(o.meets_target)}{envoy_grpc}"
             )
     return "\n".join(lines)
-
-
-def write_json(report: Report, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(report), indent=2) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------- driver
@@ -599,13 +584,6 @@ def run_bench(args: argparse.Namespace, targets: Targets, work_dir: Path, report
     return dataset_id
 
 
-def _load_average() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work_dir = Path(tempfile.mkdtemp(prefix="visionmesh-dataset-bench-"))
@@ -618,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
             "system": platform.platform(),
             "grpcio": grpc.__version__,
             "platform_source": "external" if args.base_url else "started",
-            "load_avg_1m_start": _load_average(),
+            "load_avg_1m_start": load_average(),
         },
         settings={
             "images": args.images,

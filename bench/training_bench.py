@@ -52,7 +52,6 @@ import argparse
 import contextlib
 import csv
 import json
-import math
 import os
 import platform
 import random
@@ -64,7 +63,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -72,6 +71,7 @@ from typing import Any
 
 import httpx
 
+from bench.benchlib import load_average, percentile, verdict, write_json
 from launcher.instance import PlatformInstance
 from services.common.clock import iso, utcnow
 from services.training.ultralytics_env import ultralytics_environment
@@ -122,12 +122,6 @@ def _json_or_raise(response: httpx.Response, what: str) -> dict[str, Any]:
     if response.status_code != 200:
         raise BenchError(f"{what} answered HTTP {response.status_code}: {response.text[:500]}")
     return response.json()
-
-
-def percentile(sorted_values: list[float], pct: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    rank = max(1, math.ceil(len(sorted_values) * pct / 100))
-    return sorted_values[rank - 1]
 
 
 def _last_epoch(results_csv: Path) -> tuple[float | None, float | None]:
@@ -589,10 +583,6 @@ class Report:
     errors: list[str] = field(default_factory=list)
 
 
-def _verdict(ok: bool) -> str:
-    return "OK" if ok else "MISSED"
-
-
 def _seconds(value: float | None, width: int = 8) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:>{width}.1f}"
 
@@ -655,7 +645,7 @@ def render_table(report: Report) -> str:
         )
         lines.append(
             f"  Platform overhead = (median platform - median direct) / median direct = {o.overhead_pct:+.1f} %"
-            f"   target < {o.target_pct:g} %  {_verdict(o.meets_target)}"
+            f"   target < {o.target_pct:g} %  {verdict(o.meets_target)}"
         )
     s = report.sse
     if s is not None:
@@ -669,7 +659,7 @@ def render_table(report: Report) -> str:
             lines += [
                 f"  {'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'max ms':>8}{'mean ms':>9}",
                 f"  {s.p50_ms:>8.1f}{s.p95_ms:>8.1f}{s.p99_ms:>8.1f}{s.max_ms:>8.1f}{s.mean_ms:>9.1f}"
-                f"   target p95 < {s.target_p95_ms:g} ms  {_verdict(s.meets_target)}",
+                f"   target p95 < {s.target_p95_ms:g} ms  {verdict(s.meets_target)}",
             ]
         end = (
             "did NOT end within 60 s"
@@ -680,11 +670,6 @@ def render_table(report: Report) -> str:
     for error in report.errors:
         lines += ["", f"ERROR: {error}"]
     return "\n".join(lines)
-
-
-def write_json(report: Report, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(report), indent=2) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------------ driver
@@ -723,13 +708,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _load_average() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
 def _version(package: str) -> str:
     try:
         return metadata.version(package)
@@ -749,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
             "system": platform.platform(),
             "torch": _version("torch"),
             "ultralytics": _version("ultralytics"),
-            "load_avg_1m_start": _load_average(),
+            "load_avg_1m_start": load_average(),
         },
         settings={
             "epochs": args.epochs,
@@ -791,7 +769,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work_dir, ignore_errors=True)
     report.environment["bench_wall_s"] = round(time.perf_counter() - started, 1)
-    report.environment["load_avg_1m_end"] = _load_average()
+    report.environment["load_avg_1m_end"] = load_average()
 
     print(render_table(report))
     print(f"\nbench wall time {report.environment['bench_wall_s']:.0f} s")
