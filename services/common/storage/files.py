@@ -9,7 +9,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
+import structlog
+
 from services.common.errors import NotFound
+
+log = structlog.get_logger(__name__)
 
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
@@ -66,6 +70,12 @@ def remove_tree(path: Path) -> None:
     trash = path.with_name(f"{TRASH_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
     os.rename(path, trash)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def discard_leftover(path: Path) -> None:
+    """Start-up clean-up: delete a file or directory an interrupted operation left behind, and say so."""
+    log.warning("removing leftover from an interrupted operation", path=str(path))
+    remove_tree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def is_transient(name: str) -> bool:

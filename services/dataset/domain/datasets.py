@@ -17,8 +17,16 @@ from services.common.clock import timestamp_id, utcnow
 from services.common.downloads import Download, file_chunks
 from services.common.errors import InvalidArgument, NotFound
 from services.common.locks import KeyedLocks
+from services.common.metadata import check_description, clean_tags
 from services.common.storage.db import paged, transaction
-from services.common.storage.files import fsync_dir, is_transient, remove_tree, resolve_inside, staging_dir
+from services.common.storage.files import (
+    discard_leftover,
+    fsync_dir,
+    is_transient,
+    remove_tree,
+    resolve_inside,
+    staging_dir,
+)
 from services.common.uploads import ReceivedFile
 from services.dataset.domain.data_yaml import render_data_yaml
 from services.dataset.domain.labels import MAX_CLASSES
@@ -34,9 +42,6 @@ log = structlog.get_logger(__name__)
 DATASET_ID = re.compile(r"^ds_\d{8}_\d{6}(_\d+)?$")
 VERSION = re.compile(r"^v(\d{1,6})$")
 LABELS_BACKUP_PREFIX = ".labels-old-"
-_MAX_TAGS = 100
-_MAX_TAG_CHARS = 100
-_MAX_DESCRIPTION_CHARS = 10_000
 _CONTENT_TYPES = {
     ".jpg": "image/jpeg",
     ".jpeg": "image/jpeg",
@@ -248,12 +253,10 @@ class DatasetManager:
     # -- update / delete -----------------------------------------------------------------------------------
 
     def update(self, dataset_id: str, description: str | None, tags: list[str] | None) -> DatasetRow:
-        if description is not None and len(description) > _MAX_DESCRIPTION_CHARS:
-            raise InvalidArgument(f"description is longer than {_MAX_DESCRIPTION_CHARS} characters")
+        if description is not None:
+            check_description(description)
         if tags is not None:
-            tags = list(dict.fromkeys(tag.strip() for tag in tags if tag.strip()))
-            if len(tags) > _MAX_TAGS or any(len(tag) > _MAX_TAG_CHARS for tag in tags):
-                raise InvalidArgument(f"at most {_MAX_TAGS} tags of at most {_MAX_TAG_CHARS} characters each")
+            tags = clean_tags(tags)
         with transaction(self._db) as session:
             row = self._load(session, dataset_id)
             if description is not None:
@@ -324,15 +327,13 @@ class DatasetManager:
             }
         for entry in self._files.root.iterdir():
             if entry.name not in known:
-                log.warning("removing leftover from an interrupted operation", path=str(entry))
-                remove_tree(entry) if entry.is_dir() else entry.unlink()
+                discard_leftover(entry)
                 continue
             for child in entry.iterdir():
                 if child.name in known[entry.name]:
                     self._recover_version(child)
                 elif child.name != "upload.zip":
-                    log.warning("removing leftover from an interrupted operation", path=str(child))
-                    remove_tree(child) if child.is_dir() else child.unlink()
+                    discard_leftover(child)
 
     def _recover_version(self, version_dir: Path) -> None:
         labels = version_dir / "labels"

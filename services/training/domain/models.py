@@ -27,8 +27,16 @@ from services.common.archives import ZipLimits, stream_zip
 from services.common.clock import iso, timestamp_id, utcnow
 from services.common.downloads import Download
 from services.common.errors import InvalidArgument, NotFound
+from services.common.metadata import MAX_DESCRIPTION_CHARS, check_description, clean_tags
 from services.common.storage.db import paged, transaction
-from services.common.storage.files import TRASH_PREFIX, atomic_write_text, is_transient, remove_tree, staging_dir
+from services.common.storage.files import (
+    TRASH_PREFIX,
+    atomic_write_text,
+    discard_leftover,
+    is_transient,
+    remove_tree,
+    staging_dir,
+)
 from services.common.uploads import ReceivedFile
 from services.training.domain.charts import read_history, render_training_chart
 from services.training.domain.checkpoints import inspect_checkpoint
@@ -41,8 +49,6 @@ log = structlog.get_logger(__name__)
 
 MODEL_ID = re.compile(r"^model_\d{8}_\d{6}(_\d+)?$")
 _MAX_NAME_CHARS = 255
-_MAX_DESCRIPTION_CHARS = 10_000
-_MAX_TAGS = 100
 
 
 @dataclass(frozen=True)
@@ -55,13 +61,6 @@ class TrainedModel:
     classes: list[str]
     metrics: dict[str, float]
     imgsz: int
-
-
-def _clean_tags(tags: list[str]) -> list[str]:
-    cleaned = list(dict.fromkeys(tag.strip() for tag in tags if tag.strip()))
-    if len(cleaned) > _MAX_TAGS or any(len(tag) > 100 for tag in cleaned):
-        raise InvalidArgument(f"at most {_MAX_TAGS} tags of at most 100 characters each")
-    return cleaned
 
 
 class ModelRegistry:
@@ -199,8 +198,8 @@ class ModelRegistry:
                     "name": str(metadata.get("name") or Path(received.filename).stem or "uploaded model")[
                         :_MAX_NAME_CHARS
                     ],
-                    "description": str(metadata.get("description") or "")[:_MAX_DESCRIPTION_CHARS],
-                    "tags": _clean_tags([str(tag) for tag in tags]),
+                    "description": str(metadata.get("description") or "")[:MAX_DESCRIPTION_CHARS],
+                    "tags": clean_tags([str(tag) for tag in tags]),
                     "source": "uploaded",
                     "job_id": None,
                     "dataset_id": metadata.get("dataset_id") if isinstance(metadata.get("dataset_id"), str) else None,
@@ -220,8 +219,8 @@ class ModelRegistry:
     def update(self, model_id: str, name: str | None, description: str | None, tags: list[str] | None) -> ModelRow:
         if name is not None and not (0 < len(name.strip()) <= _MAX_NAME_CHARS):
             raise InvalidArgument(f"name must be 1 to {_MAX_NAME_CHARS} characters")
-        if description is not None and len(description) > _MAX_DESCRIPTION_CHARS:
-            raise InvalidArgument(f"description is longer than {_MAX_DESCRIPTION_CHARS} characters")
+        if description is not None:
+            check_description(description)
         with transaction(self._db) as session:
             row = self._load(session, model_id)
             if name is not None:
@@ -229,7 +228,7 @@ class ModelRegistry:
             if description is not None:
                 row.description = description
             if tags is not None:
-                row.tags = _clean_tags(tags)
+                row.tags = clean_tags(tags)
         atomic_write_text(
             self._files.model_dir(model_id) / "model.json",
             json.dumps(self.model_json(row), indent=2, ensure_ascii=False),
@@ -320,8 +319,7 @@ class ModelRegistry:
         if self._triton_repository.parent.is_dir():
             leftovers += [e for e in self._triton_repository.parent.iterdir() if is_transient(e.name)]
         for entry in leftovers:
-            log.warning("removing leftover from an interrupted operation", path=str(entry))
-            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink()
+            discard_leftover(entry)
 
 
 class ServingExporter:
