@@ -201,6 +201,11 @@ def render(settings: GatewaySettings, descriptor_path: Path | None = None) -> di
                 {
                     "name": "http",
                     "address": {"socket_address": {"address": settings.bind_host, "port_value": settings.http_port}},
+                    # The 002 document's clients call port 8001: the same routes answer there too.
+                    "additional_addresses": [
+                        {"address": {"socket_address": {"address": settings.bind_host, "port_value": port}}}
+                        for port in settings.extra_http_ports
+                    ],
                     "filter_chains": [
                         {
                             "filters": [

@@ -14,6 +14,9 @@ class GatewaySettings(GrpcServerSettings):
 
     # The one HTTP entry point: REST (HTTP/1.1) and native gRPC (h2c) on the same port.
     http_port: int = 8000
+    # A second port with the same routes, for clients of the 002 document (http://localhost:8001/api/...);
+    # 0 = none.
+    task_api_port: int = 8001
     # Envoy's admin interface (stats, /ready); always bound to 127.0.0.1.
     admin_port: int = 9901
     # The gateway's own gRPC server (reflection + health for the shared port).
@@ -29,6 +32,10 @@ class GatewaySettings(GrpcServerSettings):
     access_log: bool = False
     # Worker threads of Envoy; 0 = one per core.
     envoy_concurrency: int = 0
+
+    @property
+    def extra_http_ports(self) -> list[int]:
+        return [self.task_api_port] if self.task_api_port else []
 
     @property
     def config_dir(self) -> Path:

@@ -1,4 +1,4 @@
-"""`python -m launcher` (what `./mesh up` runs): start every service, the gateway and Envoy on this
+"""`python -m launcher` (what `./mesh up` runs): start Triton, every service, the gateway and Envoy on this
 machine, wait until the REST contract answers, then supervise until Ctrl-C / SIGTERM.
 
 Configuration comes from the environment (docs/configuration.md); nothing here needs editing.
@@ -19,6 +19,8 @@ from gateway.envoy_config import envoy_command, write_config
 from gateway.settings import GatewaySettings
 from launcher.supervisor import Component, Supervisor, log
 from services.common.logging import configure_logging
+from services.common.triton.server import prepare_backends, server_command, server_environment, triton_ready
+from services.common.triton.settings import TritonSettings
 from services.registry import MESH_SERVICES
 
 
@@ -36,9 +38,19 @@ def grpc_healthy(address: str, service: str = "") -> Callable[[], Awaitable[bool
     return probe
 
 
+def triton_component(triton: TritonSettings) -> Component:
+    """The bundled tritonserver, with its backend directory and (empty) model repository prepared."""
+    prepare_backends(triton)
+    triton.repository.mkdir(parents=True, exist_ok=True)
+    return Component("triton", server_command(triton), triton_ready(triton.grpc_address), env=server_environment())
+
+
 def components(gateway: GatewaySettings) -> list[Component]:
     python = sys.executable
-    found = [
+    triton = TritonSettings()
+    # Triton first: the services that serve models need it from their start.
+    found = [triton_component(triton)] if triton.managed else []
+    found += [
         Component(service.name, [python, "-m", service.module], grpc_healthy(service.settings().grpc_address))
         for service in MESH_SERVICES
     ]
@@ -62,6 +74,10 @@ def banner(gateway: GatewaySettings) -> str:
         f"  REST + gRPC    http://localhost:{gateway.http_port}   (e.g. curl localhost:{gateway.http_port}/datasets)",
         f"  Envoy admin    http://127.0.0.1:{gateway.admin_port}",
     ]
+    triton = TritonSettings()
+    metrics = f"   (metrics http://{triton.host}:{triton.metrics_port}/metrics)" if triton.metrics_port else ""
+    started = metrics if triton.managed else "   (not started here: VM_TRITON_MANAGED=false)"
+    lines.append(f"  {'triton':<14} grpc://{triton.grpc_address}{started}")
     for service in MESH_SERVICES:
         lines.append(f"  {service.name:<14} grpc://{service.settings().grpc_address}")
     lines += [f"  data root      {gateway.data_root}", "  Ctrl-C stops everything."]

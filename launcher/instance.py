@@ -35,15 +35,20 @@ class PlatformInstance:
     def __init__(self, data_root: Path, extra_env: dict[str, str] | None = None) -> None:
         self.data_root = data_root
         self.http_port = free_port()
+        self.task_api_port = free_port()
         self.grpc_ports = {service.name: free_port() for service in MESH_SERVICES}
+        self.triton_grpc_port = free_port()
         self.env = {
             **os.environ,
             "VM_DATA_ROOT": str(data_root),
             "VM_LOG_FORMAT": "json",
             "VM_GATEWAY_HTTP_PORT": str(self.http_port),
+            "VM_GATEWAY_TASK_API_PORT": str(self.task_api_port),
             "VM_GATEWAY_ADMIN_PORT": str(free_port()),
             "VM_GATEWAY_GRPC_PORT": str(free_port()),
             **{f"VM_{name.upper()}_GRPC_PORT": str(port) for name, port in self.grpc_ports.items()},
+            "VM_TRITON_GRPC_PORT": str(self.triton_grpc_port),
+            "VM_TRITON_METRICS_PORT": str(free_port()),
             **(extra_env or {}),
         }
         self.log_path = data_root / "platform.log"
@@ -57,6 +62,11 @@ class PlatformInstance:
     def grpc_target(self) -> str:
         """The shared port, for native gRPC clients."""
         return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def triton_target(self) -> str:
+        """Triton's gRPC endpoint (the tritonserver the launcher started)."""
+        return f"127.0.0.1:{self.triton_grpc_port}"
 
     def service_target(self, name: str) -> str:
         return f"127.0.0.1:{self.grpc_ports[name]}"

@@ -28,6 +28,9 @@ MESH_SERVICES: tuple[MeshService, ...] = (
     MeshService(
         "training", "services.training", "visionmesh.training.v1", "services.training.settings:TrainingSettings"
     ),
+    MeshService(
+        "inference", "services.inference", "visionmesh.inference.v1", "services.inference.settings:InferenceSettings"
+    ),
 )
 
 

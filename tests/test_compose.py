@@ -76,7 +76,7 @@ def default_grpc_port(service: MeshService) -> int:
 
 
 def test_every_component_the_launcher_starts_is_a_compose_service(services: dict[str, dict[str, Any]]) -> None:
-    expected = {service.name for service in MESH_SERVICES} | {"gateway", "envoy"}
+    expected = {service.name for service in MESH_SERVICES} | {"triton", "gateway", "envoy"}
     assert expected <= services.keys()
 
 

@@ -8,6 +8,7 @@ from pydantic_settings import BaseSettings
 
 from gateway.settings import GatewaySettings
 from services.common.settings import REPO_ROOT
+from services.common.triton.settings import TritonSettings
 from services.registry import MESH_SERVICES
 
 
@@ -21,7 +22,7 @@ def _env_names(settings: type[BaseSettings]) -> set[str]:
 
 def test_every_setting_is_in_the_configuration_reference() -> None:
     documented = set(re.findall(r"`(VM_[A-Z0-9_]+)`", (REPO_ROOT / "docs" / "configuration.md").read_text()))
-    classes = [GatewaySettings, *(type(service.settings()) for service in MESH_SERVICES)]
+    classes = [GatewaySettings, TritonSettings, *(type(service.settings()) for service in MESH_SERVICES)]
     missing = set().union(*(_env_names(cls) for cls in classes)) - documented
     assert not missing, f"document these in docs/configuration.md: {sorted(missing)}"
 

@@ -12,6 +12,7 @@ from visionmesh.training.v1 import training_pb2, training_pb2_grpc
 from services.common.archives import ZipLimits
 from services.common.grpc_server import run_service, serve
 from services.common.storage.db import create_db_engine, database_probe, migrate, session_factory
+from services.common.triton.settings import TritonSettings
 from services.dataset.settings import DatasetSettings
 from services.training.clients import GrpcDatasetSource
 from services.training.domain.jobs import JobLimits, JobManager
@@ -34,7 +35,7 @@ async def main(settings: TrainingSettings) -> None:
     # This process imports Ultralytics too (checkpoint inspection of uploaded models): offline as well.
     os.environ.update(worker_env)
     zip_limits = ZipLimits()
-    models = ModelRegistry(db, files, settings.triton_repository, zip_limits, worker_env)
+    models = ModelRegistry(db, files, TritonSettings(), zip_limits, worker_env)
     await asyncio.to_thread(models.recover)
     exporter = ServingExporter(models)
     datasets = GrpcDatasetSource(DatasetSettings().grpc_address, zip_limits)

@@ -1,4 +1,5 @@
-"""The training service's gRPC client of the dataset service (the only way it reaches datasets)."""
+"""The training service's gRPC clients: the dataset service (the only way it reaches datasets) and the inference
+service's model control."""
 
 from __future__ import annotations
 
@@ -6,15 +7,20 @@ import asyncio
 from pathlib import Path
 
 import grpc
+import structlog
 import yaml
 from visionmesh.dataset.v1 import dataset_pb2, dataset_pb2_grpc
+from visionmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 
 from services.common.archives import ZipLimits, copy_entry, open_zip, safe_entries
 from services.common.errors import InvalidArgument, NotFound, Unavailable
 from services.common.storage.files import remove_tree
 from services.training.domain.sources import DatasetVersion
 
+log = structlog.get_logger("training.clients")
+
 _DESCRIBE_TIMEOUT_S = 30.0
+_UNLOAD_TIMEOUT_S = 30.0
 
 
 def _translate(error: grpc.aio.AioRpcError, what: str) -> Exception:
@@ -80,6 +86,24 @@ class GrpcDatasetSource:
         # The final location: the directory is renamed from staging to destination right after this.
         config["path"] = str(staging.with_name(staging.name.removeprefix(".").removesuffix(".partial")))
         (staging / "data.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+class GrpcServingControl:
+    """The inference service's model control: a deleted model is unloaded from Triton at once. Best effort:
+    if the inference service is down, it finds out itself (the registry answers 404 for the model)."""
+
+    def __init__(self, address: str) -> None:
+        self._channel = grpc.aio.insecure_channel(address)
+        self._stub = inference_pb2_grpc.ServingControlStub(self._channel)
+
+    async def model_deleted(self, model_id: str) -> None:
+        try:
+            await self._stub.UnloadModel(inference_pb2.ServedModelRequest(model_id=model_id), timeout=_UNLOAD_TIMEOUT_S)
+        except grpc.aio.AioRpcError as error:
+            log.warning("deleted model not unloaded from Triton", model_id=model_id, error=error.details())
 
     async def close(self) -> None:
         await self._channel.close()

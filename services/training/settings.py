@@ -18,8 +18,6 @@ class TrainingSettings(ServiceSettings):
     # Where pretrained weights (yolov8n.pt, yolo11n.pt, ...) are looked up; empty = <data root>/weights.
     # Names not found there are trained from scratch (the same architecture), never downloaded.
     weights_dir: Path | None = None
-    # Triton model repository the registered models are exported into; empty = <data root>/triton/repository.
-    model_repository: Path | None = None
     # Torch threads per worker process; 0 = cores / max_concurrent_jobs - 1 (at least 1).
     worker_threads_per_job: int = 0
     # Seconds a stopping worker may take to finish its epoch before it is killed (last.pt stays resumable).
@@ -34,7 +32,3 @@ class TrainingSettings(ServiceSettings):
     @property
     def pretrained_weights_dir(self) -> Path:
         return self.weights_dir or self.data_root / "weights"
-
-    @property
-    def triton_repository(self) -> Path:
-        return self.model_repository or self.data_root / "triton" / "repository"

@@ -37,11 +37,13 @@ from services.common.storage.files import (
     remove_tree,
     staging_dir,
 )
+from services.common.triton.repository import write_triton_model
+from services.common.triton.settings import TritonSettings
 from services.common.uploads import ReceivedFile
 from services.training.domain.charts import read_history, render_training_chart
 from services.training.domain.checkpoints import inspect_checkpoint
 from services.training.domain.model_archive import model_zip_members, read_model_zip
-from services.training.domain.onnx_export import export_onnx, write_triton_model
+from services.training.domain.onnx_export import export_onnx
 from services.training.storage.files import TrainingFiles
 from services.training.storage.tables import JobRow, ModelRow
 
@@ -68,13 +70,14 @@ class ModelRegistry:
         self,
         db: sessionmaker[Session],
         files: TrainingFiles,
-        triton_repository: Path,
+        triton: TritonSettings,
         zip_limits: ZipLimits,
         ultralytics_env: dict[str, str],
     ) -> None:
         self._db = db
         self._files = files
-        self._triton_repository = triton_repository
+        self._triton = triton
+        self._triton_repository = triton.repository
         self._zip_limits = zip_limits
         self._ultralytics_env = ultralytics_env
         files.models_root.mkdir(parents=True, exist_ok=True)
@@ -286,7 +289,9 @@ class ModelRegistry:
             onnx_file = export_onnx(
                 self._files.model_weights(model_id), self._files.model_onnx(model_id), row.imgsz, self._ultralytics_env
             )
-            write_triton_model(self._triton_repository, model_id, onnx_file, row.classes, row.imgsz)
+            write_triton_model(
+                self._triton_repository, model_id, onnx_file, row.classes, row.imgsz, settings=self._triton
+            )
         except Exception as error:  # noqa: BLE001 - any failure is recorded on the model for users to see
             log.warning("onnx export failed", model_id=model_id, error=str(error))
             self._set_export(model_id, "failed", str(error)[-2000:])

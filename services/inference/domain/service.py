@@ -1,0 +1,285 @@
+"""The inference service's use cases: detect on uploaded images, batches and videos, keep the uploads,
+write export sessions, and load or unload models on the model server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import structlog
+
+from services.common.clock import utcnow
+from services.common.downloads import Download
+from services.common.errors import InvalidArgument, NotFound, PayloadTooLarge
+from services.common.storage.files import atomic_write_bytes, fsync_dir, staging_dir
+from services.common.uploads import ReceivedFile
+from services.inference.domain.detection import Detection, draw_detections, encode_jpeg
+from services.inference.domain.engine import DetectionEngine, Thresholds, run_bounded
+from services.inference.domain.models import ServableModel
+from services.inference.domain.samples import Sample
+from services.inference.domain.sessions import (
+    SessionImage,
+    check_session_id,
+    new_image_uuid,
+    new_session_id,
+    session_archive,
+    write_annotated_image,
+    write_session_files,
+)
+from services.inference.domain.uploads import UploadStore
+from services.inference.domain.video import Mp4Writer, VideoInfo, VideoLimits
+
+log = structlog.get_logger("inference")
+
+_MAX_MODELS_PER_BATCH = 16
+_IMAGES_IN_FLIGHT = 8
+
+
+class ModelLoader(Protocol):
+    async def ensure_loaded(self, model_id: str) -> tuple[str, str]: ...
+    async def unload(self, model_id: str) -> None: ...
+
+
+class ModelCache(Protocol):
+    def forget(self, model_id: str) -> None: ...
+
+
+class SessionIndex(Protocol):
+    """Where sessions are recorded (the metadata store)."""
+
+    def record(self, session_id: str, model_id: str, image_count: int) -> None: ...
+    def exists(self, session_id: str) -> bool: ...
+    def directory(self, session_id: str) -> Path: ...
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    model_id: str
+    image_path: str
+    detections: list[Detection]
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    info: VideoInfo
+    video_path: Path
+    detections_per_frame: list[int]
+
+
+@dataclass(frozen=True)
+class Session:
+    session_id: str
+    directory: Path
+    images: list[SessionImage]
+
+
+class VideoAssembly:
+    """A video arriving in chunks (native DetectStream), written to a staging file under a size limit."""
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path = path
+        self._max_bytes = max_bytes
+        self._size = 0
+        self._handle: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed by close()
+
+    def append(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > self._max_bytes:
+            self._handle.close()
+            raise PayloadTooLarge(f"The video is larger than the {self._max_bytes / 2**20:.0f} MiB limit")
+        self._handle.write(chunk)
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class InferenceService:
+    def __init__(
+        self,
+        engine: DetectionEngine,
+        loader: ModelLoader,
+        models: ModelCache,
+        *,
+        uploads: UploadStore,
+        sessions: SessionIndex,
+        work_root: Path,
+        video_limits: VideoLimits,
+        video_pipeline_depth: int,
+        max_batch_images: int,
+    ) -> None:
+        self.engine = engine
+        self.uploads = uploads
+        self.video_limits = video_limits
+        self._loader = loader
+        self._models = models
+        self._sessions = sessions
+        self._work_root = work_root
+        self._depth = video_pipeline_depth
+        self._max_batch_images = max_batch_images
+
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A private directory for one request's files, removed when the request ends (whatever happens)."""
+        self._work_root.mkdir(parents=True, exist_ok=True)
+        with staging_dir(self._work_root) as directory:
+            yield directory
+
+    # -- images ------------------------------------------------------------------------------------------
+
+    async def _detect_file(self, model: ServableModel, received: ReceivedFile, thresholds: Thresholds):
+        if received.size == 0:
+            raise InvalidArgument(f"{received.filename}: the file is empty")
+        data = await asyncio.to_thread(received.path.read_bytes)
+        try:
+            return await self.engine.detect_encoded(model, data, thresholds)
+        except InvalidArgument as error:
+            raise InvalidArgument(f"{received.filename}: {error.detail}") from None
+
+    async def infer_image(self, model_id: str, received: ReceivedFile, thresholds: Thresholds) -> ImageResult:
+        model = await self.engine.model(model_id)
+        detected = await self._detect_file(model, received, thresholds)
+        stem = self.uploads.batch_prefix(utcnow())
+        image_path = await asyncio.to_thread(self.uploads.keep, received.path, stem)
+        return ImageResult(model.model_id, image_path, detected.detections)
+
+    def _images(self, files: list[ReceivedFile]) -> list[ReceivedFile]:
+        if not files:
+            raise InvalidArgument('No images: send them as multipart form fields named "files"')
+        if len(files) > self._max_batch_images:
+            raise InvalidArgument(f"Too many images: {len(files)} (at most {self._max_batch_images} per request)")
+        return files
+
+    async def infer_batch(self, model_ids: str, files: list[ReceivedFile], thresholds: Thresholds) -> list[ImageResult]:
+        ids = list(dict.fromkeys(part.strip() for part in model_ids.split(",") if part.strip()))
+        if not ids:
+            raise InvalidArgument('model_ids is required: a comma-separated list of model IDs, e.g. "model_1,model_2"')
+        if len(ids) > _MAX_MODELS_PER_BATCH:
+            raise InvalidArgument(f"Too many models: {len(ids)} (at most {_MAX_MODELS_PER_BATCH} per request)")
+        images = self._images(files)
+        models = [await self.engine.model(model_id) for model_id in ids]
+        detected = await run_bounded(
+            [
+                (lambda model=model, image=image: self._detect_file(model, image, thresholds))
+                for image in images
+                for model in models
+            ],
+            _IMAGES_IN_FLIGHT,
+        )
+        stem = self.uploads.batch_prefix(utcnow())
+        paths = [
+            await asyncio.to_thread(self.uploads.keep, image.path, f"{stem}_{n}") for n, image in enumerate(images, 1)
+        ]
+        pairs = [(path, model) for path in paths for model in models]
+        return [
+            ImageResult(model.model_id, path, d.detections) for (path, model), d in zip(pairs, detected, strict=True)
+        ]
+
+    # -- videos ------------------------------------------------------------------------------------------
+
+    async def open_video(self, model_id: str, path: Path) -> tuple[ServableModel, VideoInfo]:
+        model = await self.engine.model(model_id)
+        if path.stat().st_size == 0:
+            raise InvalidArgument("The video file is empty")
+        return model, await asyncio.to_thread(self.engine.open_video, path, self.video_limits)
+
+    async def annotate_video_file(
+        self, model_id: str, source: Path, thresholds: Thresholds, staging: Path
+    ) -> VideoResult:
+        """The annotated video as an H.264 MP4 in `staging`, written frame by frame."""
+        model, info = await self.open_video(model_id, source)
+        output = staging / "annotated.mp4"
+        counts: list[int] = []
+        writer = Mp4Writer(output, info.width, info.height, info.fps)
+        try:
+            async for frame in self.engine.annotate_video(model, source, self.video_limits, thresholds, self._depth):
+                await asyncio.to_thread(writer.write, frame.image)
+                counts.append(len(frame.detections))
+        finally:
+            await asyncio.to_thread(writer.close)
+        log.info("video annotated", model_id=model_id, frames=len(counts), detections=sum(counts))
+        return VideoResult(info, output, counts)
+
+    # -- export sessions ---------------------------------------------------------------------------------
+
+    async def export_session(self, model_id: str, files: list[ReceivedFile], thresholds: Thresholds) -> Session:
+        model = await self.engine.model(model_id)
+        images = self._images(files)
+        created = utcnow()
+        session_id = new_session_id(created)
+        target = self._sessions.directory(session_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with staging_dir(target.parent) as staging:
+
+            async def one(received: ReceivedFile) -> SessionImage:
+                detected = await self._detect_file(model, received, thresholds)
+                image_uuid = new_image_uuid()
+                annotated = await asyncio.to_thread(draw_detections, detected.image, detected.detections)
+                await asyncio.to_thread(write_annotated_image, staging, image_uuid, annotated)
+                height, width = detected.image.shape[:2]
+                return SessionImage(image_uuid, received.filename, model.model_id, width, height, detected.detections)
+
+            results = await run_bounded([(lambda r=r: one(r)) for r in images], _IMAGES_IN_FLIGHT)
+            settings = {"conf": thresholds.conf, "iou": thresholds.iou}
+            await asyncio.to_thread(
+                lambda: write_session_files(
+                    staging, session_id, model_id=model.model_id, created_at=created, images=results, settings=settings
+                )
+            )
+            await asyncio.to_thread(_publish, staging, target)
+        try:
+            await asyncio.to_thread(self._sessions.record, session_id, model.model_id, len(results))
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, target, True)
+            raise
+        log.info("export session written", session_id=session_id, images=len(results))
+        return Session(session_id, target, results)
+
+    def session_archive(self, session_id: str) -> Download:
+        if not self._sessions.exists(check_session_id(session_id)):
+            raise NotFound(f"Session {session_id} not found")
+        return session_archive(self._sessions.directory(session_id), session_id)
+
+    # -- queued tasks (document 002) -------------------------------------------------------------------
+
+    async def run_sample(self, model_id: str, sample: Sample, output: Path) -> None:
+        """A task's work: every image of the sample annotated as result_001.jpg, ..., every video as
+        output.mp4 (output_2.mp4, ...), written into `output`."""
+        model = await self.engine.model(model_id)
+        thresholds = self.engine.thresholds(None, None)
+        for number, image_file in enumerate(sample.images, 1):
+            data = await asyncio.to_thread(image_file.read_bytes)
+            try:
+                detected = await self.engine.detect_encoded(model, data, thresholds)
+            except InvalidArgument as error:
+                raise InvalidArgument(f"Sample file {image_file.name}: {error.detail}") from None
+            annotated = await asyncio.to_thread(draw_detections, detected.image, detected.detections)
+            await asyncio.to_thread(atomic_write_bytes, output / f"result_{number:03d}.jpg", encode_jpeg(annotated))
+        for number, video_file in enumerate(sample.videos, 1):
+            name = "output.mp4" if number == 1 else f"output_{number}.mp4"
+            try:
+                result = await self.annotate_video_file(model.model_id, video_file, thresholds, output)
+            except InvalidArgument as error:
+                raise InvalidArgument(f"Sample file {video_file.name}: {error.detail}") from None
+            os.replace(result.video_path, output / name)
+
+    # -- model lifecycle ---------------------------------------------------------------------------------
+
+    async def load_model(self, model_id: str) -> None:
+        self._models.forget(model_id)
+        model = await self.engine.model(model_id)
+        await self._loader.ensure_loaded(model.model_id)
+
+    async def unload_model(self, model_id: str) -> None:
+        self._models.forget(model_id)
+        await self._loader.unload(model_id)
+
+
+def _publish(staging: Path, target: Path) -> None:
+    os.rename(staging, target)
+    fsync_dir(target.parent)

@@ -1,0 +1,396 @@
+"""gRPC servicers of the inference service: map messages to domain calls and back, nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import numpy as np
+from google.api import httpbody_pb2
+from google.protobuf import struct_pb2
+from visionmesh.inference.v1 import inference_pb2 as pb
+from visionmesh.inference.v1 import inference_pb2_grpc
+
+from services.common.clock import iso
+from services.common.errors import InvalidArgument, PayloadTooLarge, ServiceError
+from services.common.grpc_http import stream_download
+from services.common.messages import nullable
+from services.common.uploads import ReceivedFile, ReceivedUpload, UploadReceiver, receive_upload
+from services.inference.clients import TritonLink
+from services.inference.domain.detection import Detection, draw_detections, encode_jpeg
+from services.inference.domain.engine import AnnotatedFrame, Thresholds
+from services.inference.domain.service import InferenceService, VideoAssembly, VideoResult
+from services.inference.domain.tasks import TaskQueue
+from services.inference.settings import InferenceSettings
+
+
+def _detection(detection: Detection) -> pb.Detection:
+    return pb.Detection(
+        class_id=detection.class_id,
+        class_name=detection.class_name,
+        confidence=round(detection.confidence, 4),
+        bbox=pb.BoundingBox(
+            x1=round(detection.x1, 2), y1=round(detection.y1, 2), x2=round(detection.x2, 2), y2=round(detection.y2, 2)
+        ),
+    )
+
+
+def _detection_json(detection: Detection) -> dict[str, object]:
+    return {
+        "class_id": detection.class_id,
+        "class_name": detection.class_name,
+        "confidence": round(detection.confidence, 4),
+        "bbox": {
+            "x1": round(detection.x1, 2),
+            "y1": round(detection.y1, 2),
+            "x2": round(detection.x2, 2),
+            "y2": round(detection.y2, 2),
+        },
+    }
+
+
+def _sse(data: dict[str, object], event: str = "") -> httpbody_pb2.HttpBody:
+    head = f"event: {event}\n" if event else ""
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return httpbody_pb2.HttpBody(content_type="text/event-stream", data=f"{head}data: {payload}\n\n".encode())
+
+
+def _parse_threshold(upload: ReceivedUpload, first: pb.InferRequest, name: str) -> float | None:
+    raw = upload.fields.get(name, "").strip()
+    if raw:
+        try:
+            return float(raw)
+        except ValueError:
+            raise InvalidArgument(f"{name} must be a number between 0 and 1, not {raw!r}") from None
+    return getattr(first, name) if first.HasField(name) else None
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    def __init__(self, service: InferenceService, settings: InferenceSettings) -> None:
+        self._service = service
+        self._settings = settings
+
+    async def _receive(
+        self, messages: AsyncIterator[pb.InferRequest], staging: Path, raw_field: str, max_bytes: int
+    ) -> tuple[ReceivedUpload, pb.InferRequest, Thresholds]:
+        receiver = UploadReceiver(staging, max_bytes, raw_field=raw_field, raw_filename="upload")
+        upload, first = await receive_upload(messages, lambda message: message.body, receiver)
+        if first.filename:
+            upload.files[:] = [
+                ReceivedFile(f.field, first.filename, f.path, f.size) if f.filename == "upload" else f
+                for f in upload.files
+            ]
+        thresholds = self._service.engine.thresholds(
+            _parse_threshold(upload, first, "conf"), _parse_threshold(upload, first, "iou")
+        )
+        return upload, first, thresholds
+
+    async def Infer(
+        self, request_iterator: AsyncIterator[pb.InferRequest], context: grpc.aio.ServicerContext
+    ) -> pb.InferResponse:
+        with self._service.staging() as staging:
+            upload, first, thresholds = await self._receive(
+                request_iterator, staging, "file", self._settings.max_image_upload_bytes
+            )
+            result = await self._service.infer_image(first.model_id, upload.single_file("file"), thresholds)
+        return pb.InferResponse(
+            model_id=result.model_id, image_path=result.image_path, detections=map(_detection, result.detections)
+        )
+
+    async def InferBatch(
+        self, request_iterator: AsyncIterator[pb.InferRequest], context: grpc.aio.ServicerContext
+    ) -> pb.BatchInferResponse:
+        with self._service.staging() as staging:
+            upload, _, thresholds = await self._receive(
+                request_iterator, staging, "files", self._settings.max_image_upload_bytes
+            )
+            results = await self._service.infer_batch(
+                upload.fields.get("model_ids", ""),
+                [f for f in upload.files if f.field in ("files", "file")],
+                thresholds,
+            )
+        return pb.BatchInferResponse(
+            results=[
+                pb.InferResponse(model_id=r.model_id, image_path=r.image_path, detections=map(_detection, r.detections))
+                for r in results
+            ]
+        )
+
+    async def InferVideo(
+        self, request_iterator: AsyncIterator[pb.InferRequest], context: grpc.aio.ServicerContext
+    ) -> pb.VideoInferResponse:
+        with self._service.staging() as staging:
+            upload, first, thresholds = await self._receive(
+                request_iterator, staging, "file", self._settings.max_video_upload_bytes
+            )
+            video = upload.single_file("file")
+            result: VideoResult = await self._service.annotate_video_file(
+                first.model_id, video.path, thresholds, staging
+            )
+            if result.video_path.stat().st_size > self._settings.max_inline_video_bytes:
+                raise PayloadTooLarge(
+                    f"The annotated video is {result.video_path.stat().st_size / 2**20:.1f} MiB, over the "
+                    f"{self._settings.max_inline_video_bytes / 2**20:.0f} MiB limit of an inline answer: use "
+                    f"POST /infer/video/{first.model_id}/stream"
+                )
+            video_data = await asyncio.to_thread(lambda: base64.b64encode(result.video_path.read_bytes()).decode())
+        return pb.VideoInferResponse(
+            model_id=first.model_id,
+            video_data=video_data,
+            stats=pb.VideoStats(
+                total_frames=len(result.detections_per_frame),
+                detections_per_frame=result.detections_per_frame,
+                fps=round(result.info.fps, 3),
+                width=result.info.width,
+                height=result.info.height,
+            ),
+        )
+
+    async def StreamVideo(
+        self, request_iterator: AsyncIterator[pb.InferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        with self._service.staging() as staging:
+            upload, first, thresholds = await self._receive(
+                request_iterator, staging, "file", self._settings.max_video_upload_bytes
+            )
+            video = upload.single_file("file")
+            # Everything that can be refused is checked before the first event (the status is still 400-able).
+            model, info = await self._service.open_video(first.model_id, video.path)
+            await context.send_initial_metadata((("cache-control", "no-cache"), ("x-accel-buffering", "no")))
+            frames = 0
+            try:
+                async for frame in self._service.engine.annotate_video(
+                    model, video.path, self._service.video_limits, thresholds, self._settings.video_pipeline_depth
+                ):
+                    yield _sse(await asyncio.to_thread(self._frame_event, frame))
+                    frames += 1
+            except ServiceError as error:
+                yield _sse({"detail": error.detail, "frames_sent": frames}, event="error")
+                return
+            yield _sse({"model_id": model.model_id, "total_frames": frames, "fps": info.fps}, event="end")
+
+    @staticmethod
+    def _frame_event(frame: AnnotatedFrame) -> dict[str, object]:
+        return {
+            "frame": frame.index,
+            "image_data": base64.b64encode(encode_jpeg(frame.image, quality=80)).decode(),
+            "detections": [_detection_json(d) for d in frame.detections],
+        }
+
+    async def ExportInfer(
+        self, request_iterator: AsyncIterator[pb.InferRequest], context: grpc.aio.ServicerContext
+    ) -> pb.ExportSession:
+        with self._service.staging() as staging:
+            upload, first, thresholds = await self._receive(
+                request_iterator, staging, "files", self._settings.max_image_upload_bytes
+            )
+            session = await self._service.export_session(
+                first.model_id, [f for f in upload.files if f.field in ("files", "file")], thresholds
+            )
+        return pb.ExportSession(
+            session_id=session.session_id,
+            session_dir=str(session.directory),
+            results=[
+                pb.ExportedImage(
+                    image_uuid=image.image_uuid,
+                    image_filename=image.image_filename,
+                    model_id=image.model_id,
+                    image_width=image.image_width,
+                    image_height=image.image_height,
+                    detection_count=image.detection_count,
+                    detections=[
+                        pb.ExportedDetection(
+                            class_id=d.class_id,
+                            class_name=d.class_name,
+                            conf=round(d.confidence, 4),
+                            x1=round(d.x1, 2),
+                            y1=round(d.y1, 2),
+                            x2=round(d.x2, 2),
+                            y2=round(d.y2, 2),
+                        )
+                        for d in image.detections
+                    ],
+                )
+                for image in session.images
+            ],
+        )
+
+    def DownloadSession(
+        self, request: pb.SessionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        return stream_download(context, self._service.session_archive, request.session_id)
+
+    def GetUpload(
+        self, request: pb.UploadFileRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        return stream_download(context, self._service.uploads.open, request.filename)
+
+    async def DetectStream(
+        self, request_iterator: AsyncIterator[pb.FrameRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.FrameResult]:
+        engine = self._service.engine
+        with self._service.staging() as staging:
+            model = None
+            thresholds = engine.thresholds(None, None)
+            annotate = False
+            frames = 0
+            video: VideoAssembly | None = None
+            async for message in request_iterator:
+                if model is None:
+                    model = await engine.model(message.model_id)
+                    thresholds = engine.thresholds(
+                        message.conf if message.HasField("conf") else None,
+                        message.iou if message.HasField("iou") else None,
+                    )
+                    annotate = message.annotate
+                payload = message.WhichOneof("payload")
+                if payload == "image":
+                    if video is not None:
+                        raise InvalidArgument("Send either encoded frames or one video, not both")
+                    started = time.perf_counter()
+                    detected = await engine.detect_encoded(model, message.image, thresholds)
+                    yield await _frame_result(frames, detected.image, detected.detections, annotate, started)
+                    frames += 1
+                elif payload == "video_chunk":
+                    if frames:
+                        raise InvalidArgument("Send either encoded frames or one video, not both")
+                    video = video or VideoAssembly(staging / "video", self._settings.max_video_upload_bytes)
+                    await asyncio.to_thread(video.append, message.video_chunk)
+            if video is None or model is None:
+                return
+            await asyncio.to_thread(video.close)
+            await self._service.open_video(model.model_id, video.path)
+            started = time.perf_counter()
+            async for frame in engine.annotate_video(
+                model, video.path, self._service.video_limits, thresholds, self._settings.video_pipeline_depth
+            ):
+                yield await _frame_result(frame.index, frame.image, frame.detections, annotate, started)
+                started = time.perf_counter()
+
+
+async def _frame_result(
+    index: int, image: np.ndarray, detections: list[Detection], annotate: bool, started: float
+) -> pb.FrameResult:
+    height, width = image.shape[:2]
+    result = pb.FrameResult(
+        frame=index,
+        detections=map(_detection, detections),
+        width=width,
+        height=height,
+        inference_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+    if annotate:
+        result.annotated_jpeg = await asyncio.to_thread(lambda: encode_jpeg(draw_detections(image, detections)))
+    return result
+
+
+class ServingControlServicer(inference_pb2_grpc.ServingControlServicer):
+    def __init__(self, service: InferenceService) -> None:
+        self._service = service
+
+    async def LoadModel(self, request: pb.ServedModelRequest, context: grpc.aio.ServicerContext) -> pb.ServedModel:
+        await self._service.load_model(request.model_id)
+        return pb.ServedModel(model_id=request.model_id, state="READY", message="Model loaded")
+
+    async def UnloadModel(self, request: pb.ServedModelRequest, context: grpc.aio.ServicerContext) -> pb.ServedModel:
+        await self._service.unload_model(request.model_id)
+        return pb.ServedModel(model_id=request.model_id, state="UNLOADED", message="Model unloaded")
+
+
+_RESULT_MESSAGES = {
+    "completed": "任务已完成",
+    "failed": "任务失败",
+    "pending": "任务尚未完成",
+    "processing": "任务尚未完成",
+}
+
+
+def _seconds(value: float | None) -> struct_pb2.Value:
+    return struct_pb2.Value(number_value=round(value, 3)) if value is not None else nullable(None)
+
+
+class TaskServicer(inference_pb2_grpc.TaskServiceServicer):
+    def __init__(self, tasks: TaskQueue, triton: TritonLink) -> None:
+        self._tasks = tasks
+        self._triton = triton
+
+    async def SubmitTask(
+        self, request: pb.SubmitTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubmitTaskResponse:
+        task = await self._tasks.submit(request.index)
+        return pb.SubmitTaskResponse(task_id=task.task_id, index=task.index, message="任务已创建，正在处理中")
+
+    async def GetTaskStatus(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext) -> pb.TaskStatus:
+        task = await asyncio.to_thread(self._tasks.get, request.task_id)
+        return pb.TaskStatus(
+            task_id=task.task_id,
+            index=task.index,
+            status=task.status,
+            created_at=iso(task.created_at),
+            completed_at=nullable(iso(task.completed_at) or None),
+            inference_time=_seconds(task.inference_time),
+            error_message=nullable(task.error_message),
+        )
+
+    async def GetTaskResult(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext) -> pb.TaskResult:
+        task = await asyncio.to_thread(self._tasks.get, request.task_id)
+        files = await asyncio.to_thread(self._tasks.result_files, task.task_id) if task.status == "completed" else []
+        return pb.TaskResult(
+            task_id=task.task_id,
+            index=task.index,
+            status=task.status,
+            inference_time=_seconds(task.inference_time),
+            created_at=iso(task.created_at),
+            completed_at=nullable(iso(task.completed_at) or None),
+            files=[pb.ResultFile(filename=f.filename, type=f.type, url=f.url) for f in files],
+            message=_RESULT_MESSAGES.get(task.status, ""),
+            error_message=nullable(task.error_message),
+        )
+
+    def GetTaskFile(
+        self, request: pb.TaskFileRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        return stream_download(context, self._tasks.open_file, request.task_id, request.filename)
+
+    async def ListTasks(self, request: pb.ListTasksRequest, context: grpc.aio.ServicerContext) -> pb.ListTasksResponse:
+        page = request.page if request.HasField("page") else None
+        page_size = request.page_size if request.HasField("page_size") else None
+        tasks, total, page, page_size = await asyncio.to_thread(self._tasks.list, page, page_size, request.status)
+        return pb.ListTasksResponse(
+            total=total,
+            page=page,
+            page_size=page_size,
+            tasks=[
+                pb.TaskSummary(
+                    task_id=t.task_id,
+                    index=t.index,
+                    status=t.status,
+                    created_at=iso(t.created_at),
+                    completed_at=nullable(iso(t.completed_at) or None),
+                )
+                for t in tasks
+            ],
+        )
+
+    async def GetSystemStatus(
+        self, request: pb.SystemStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemStatus:
+        stats = await asyncio.to_thread(self._tasks.stats)
+        return pb.SystemStatus(
+            status="running",
+            ssh_connected=self._triton.connected,
+            queue_size=stats.pending,
+            queue_running=stats.running,
+            processing=stats.processing,
+        )
+
+    async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthResponse:
+        return pb.HealthResponse(
+            status="healthy", timestamp=datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
+        )
