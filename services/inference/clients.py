@@ -165,6 +165,8 @@ class TritonLink:
         self._loaded.pop(model_id, None)
         self._require_connection()
         try:
+            if not await self._client.is_model_ready(model_id, client_timeout=_PROBE_TIMEOUT_S):
+                return
             await self._client.unload_model(model_id, client_timeout=_LOAD_TIMEOUT_S)
         except InferenceServerException as error:
             raise self._translate(error, f"Triton could not unload model {model_id}") from error

@@ -14,7 +14,8 @@ from services.common.grpc_server import run_service, serve
 from services.common.storage.db import create_db_engine, database_probe, migrate, session_factory
 from services.common.triton.settings import TritonSettings
 from services.dataset.settings import DatasetSettings
-from services.training.clients import GrpcDatasetSource
+from services.inference.settings import InferenceSettings
+from services.training.clients import GrpcDatasetSource, GrpcServingControl
 from services.training.domain.jobs import JobLimits, JobManager
 from services.training.domain.models import ModelRegistry, ServingExporter
 from services.training.servicer import LogServicer, ModelServicer, TrainingServicer
@@ -39,6 +40,7 @@ async def main(settings: TrainingSettings) -> None:
     await asyncio.to_thread(models.recover)
     exporter = ServingExporter(models)
     datasets = GrpcDatasetSource(DatasetSettings().grpc_address, zip_limits)
+    serving = GrpcServingControl(InferenceSettings().grpc_address)
     # One core stays for the rest of the mesh: oversubscribed torch threads slow an epoch down many times over.
     threads = settings.worker_threads_per_job or max(1, (os.cpu_count() or 1) // settings.max_concurrent_jobs - 1)
     jobs = JobManager(
@@ -60,7 +62,7 @@ async def main(settings: TrainingSettings) -> None:
     def register(server: grpc.aio.Server) -> list[str]:
         training_pb2_grpc.add_TrainingServiceServicer_to_server(TrainingServicer(jobs), server)
         training_pb2_grpc.add_LogServiceServicer_to_server(LogServicer(jobs), server)
-        training_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models, exporter, settings), server)
+        training_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models, exporter, serving, settings), server)
         return [service.full_name for service in training_pb2.DESCRIPTOR.services_by_name.values()]
 
     async def shutdown() -> None:
@@ -68,6 +70,7 @@ async def main(settings: TrainingSettings) -> None:
             task.cancel()
         await jobs.shutdown()
         await datasets.close()
+        await serving.close()
         engine.dispose()
 
     await jobs.schedule()  # queued jobs from before a restart start now

@@ -16,6 +16,7 @@ from services.common.clock import iso
 from services.common.grpc_http import stream_download
 from services.common.messages import nullable, string_list
 from services.common.uploads import receive_file
+from services.training.clients import GrpcServingControl
 from services.training.domain import logs
 from services.training.domain.jobs import JobManager, NewJob
 from services.training.domain.models import ModelRegistry, ServingExporter
@@ -128,9 +129,12 @@ class LogServicer(training_pb2_grpc.LogServiceServicer):
 
 
 class ModelServicer(training_pb2_grpc.ModelServiceServicer):
-    def __init__(self, models: ModelRegistry, exporter: ServingExporter, settings: TrainingSettings) -> None:
+    def __init__(
+        self, models: ModelRegistry, exporter: ServingExporter, serving: GrpcServingControl, settings: TrainingSettings
+    ) -> None:
         self._models = models
         self._exporter = exporter
+        self._serving = serving
         self._settings = settings
 
     def _model(self, row: ModelRow, detail: bool) -> pb.Model:
@@ -180,6 +184,7 @@ class ModelServicer(training_pb2_grpc.ModelServiceServicer):
 
     async def DeleteModel(self, request: pb.ModelRequest, context: grpc.aio.ServicerContext) -> pb.OperationResult:
         await asyncio.to_thread(self._models.delete, request.model_id)
+        await self._serving.model_deleted(request.model_id)
         return pb.OperationResult(ok=True, message="Model deleted successfully")
 
     async def UploadModel(
