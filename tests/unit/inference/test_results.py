@@ -1,0 +1,125 @@
+"""Export sessions, kept uploads and the servable-model check: what the inference service writes and refuses."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+import zipfile
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.common.errors import Conflict, NotFound
+from services.inference.domain.detection import Detection
+from services.inference.domain.models import ServableModel
+from services.inference.domain.sessions import (
+    CSV_COLUMNS,
+    SessionImage,
+    check_session_id,
+    new_session_id,
+    session_archive,
+    write_annotated_image,
+    write_session_files,
+)
+from services.inference.domain.uploads import UploadStore, image_suffix
+from tests import datagen
+
+MOMENT = datetime(2024, 1, 15, 12, 34, 56)
+
+
+def _images() -> list[SessionImage]:
+    hit = Detection(0, "square", 0.91234, 10.0, 20.0, 110.5, 220.25)
+    other = Detection(1, "circle", 0.5, 1.0, 2.0, 3.0, 4.0)
+    return [
+        SessionImage("uuid-a", "a.jpg", "model_1", 640, 480, [hit, other]),
+        SessionImage("uuid-b", "b,with comma.png", "model_1", 32, 16, []),
+    ]
+
+
+def test_session_ids_are_documented_and_only_well_formed_ones_reach_the_disk() -> None:
+    session_id = new_session_id(MOMENT)
+    assert session_id.startswith("session_20240115_123456_") and len(session_id) == len("session_20240115_123456_") + 8
+    assert check_session_id(session_id) == session_id
+    for bad in ("../etc", "session_20240115_123456_zzzzzzzz", "", f"{session_id}/..", "session_x"):
+        with pytest.raises(NotFound):
+            check_session_id(bad)
+
+
+def test_results_csv_has_one_row_per_detection_and_a_row_for_an_image_without_any(tmp_path: Path) -> None:
+    write_session_files(
+        tmp_path, "session_x", model_id="model_1", created_at=MOMENT, images=_images(), settings={"conf": 0.25}
+    )
+    rows = list(csv.reader(io.StringIO((tmp_path / "results.csv").read_text())))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert rows[1] == ["uuid-a", "a.jpg", "model_1", "640", "480", "2", "0", "0", "square", "0.9123", "10.00", "20.00",
+                       "110.50", "220.25"]  # fmt: skip
+    assert rows[2][6:10] == ["1", "1", "circle", "0.5000"]
+    assert rows[3] == ["uuid-b", "b,with comma.png", "model_1", "32", "16", "0", "", "", "", "", "", "", "", ""]
+    metadata = json.loads((tmp_path / "metadata.json").read_text())
+    assert (metadata["session_id"], metadata["image_count"], metadata["detection_count"]) == ("session_x", 2, 2)
+    assert metadata["created_at"] == "2024-01-15T12:34:56" and metadata["settings"] == {"conf": 0.25}
+    assert [image["annotated_image"] for image in metadata["images"]] == ["images/uuid-a.jpg", "images/uuid-b.jpg"]
+
+
+def test_the_session_archive_holds_the_images_the_csv_and_the_metadata(tmp_path: Path) -> None:
+    for image in _images():
+        write_annotated_image(
+            tmp_path, image.image_uuid, np.zeros((image.image_height, image.image_width, 3), np.uint8)
+        )
+    write_session_files(tmp_path, "session_x", model_id="model_1", created_at=MOMENT, images=_images(), settings={})
+    download = session_archive(tmp_path, "session_x")
+    assert (download.filename, download.content_type) == ("session_x.zip", "application/zip")
+    with zipfile.ZipFile(io.BytesIO(b"".join(download.chunks))) as archive:
+        assert sorted(archive.namelist()) == ["images/uuid-a.jpg", "images/uuid-b.jpg", "metadata.json", "results.csv"]
+        assert archive.read("images/uuid-a.jpg")[:3] == b"\xff\xd8\xff"
+    with pytest.raises(NotFound):
+        session_archive(tmp_path / "missing", "session_y")
+
+
+def test_kept_uploads_are_named_by_their_real_format_and_served_back(tmp_path: Path) -> None:
+    store = UploadStore(tmp_path / "uploads")
+    staged = tmp_path / "upload.bin"
+    png = datagen.draw_image(8, 8, [], "png")
+    staged.write_bytes(png)
+    stem = store.batch_prefix(MOMENT)
+    image_path = store.keep(staged, f"{stem}_2")
+    assert image_path == f"uploads/{stem}_2.png" and not staged.exists()
+    download = store.open(image_path.removeprefix("uploads/"))
+    assert download.content_type == "image/png" and b"".join(download.chunks) == png
+    for bad in ("../x.png", "infer_20240115_123456_abcdef.png", "x.png", "", "infer_2024.png"):
+        with pytest.raises(NotFound):
+            store.open(bad)
+
+
+def test_image_suffixes_come_from_the_content_not_the_name() -> None:
+    assert image_suffix(datagen.draw_image(4, 4, [], "jpg")[:16]) == ".jpg"
+    assert image_suffix(datagen.draw_image(4, 4, [], "webp")[:16]) == ".webp"
+    assert image_suffix(datagen.draw_image(4, 4, [], "bmp")[:16]) == ".bmp"
+    assert image_suffix(b"plain text here!") == ".img"
+
+
+def test_the_retention_sweep_removes_only_old_uploads(tmp_path: Path) -> None:
+    store = UploadStore(tmp_path)
+    old, new = tmp_path / "old.jpg", tmp_path / "new.jpg"
+    old.write_bytes(b"x")
+    new.write_bytes(b"x")
+    two_days_ago = time.time() - 48 * 3600
+    os.utime(old, (two_days_ago, two_days_ago))
+    assert store.sweep(0) == 0 and old.exists()
+    assert store.sweep(24) == 1
+    assert not old.exists() and new.exists()
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "message"),
+    [("failed", "onnx export crashed", "export failed: onnx export crashed"), ("pending", "", "still being exported")],
+)
+def test_a_model_that_is_not_exported_cannot_be_served(status: str, error: str, message: str) -> None:
+    with pytest.raises(Conflict, match=message):
+        ServableModel("model_1", ("a",), 640, status, error).require_ready()
+    ServableModel("model_1", ("a",), 640, "ready", "").require_ready()
