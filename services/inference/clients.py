@@ -4,6 +4,7 @@ classes and export state) and the Triton Inference Server that executes them."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import grpc
@@ -25,6 +26,8 @@ _MODEL_CACHE_S = 5.0
 _PROBE_INTERVAL_S = 1.0
 _PROBE_TIMEOUT_S = 2.0
 _LOAD_TIMEOUT_S = 300.0
+_FAILED_LOAD_MEMORY_S = 30.0
+_SERVER_PATH = re.compile(r"(?:/[^\s/:'\"]+)+/([^\s/:'\"]+)")
 _NUMPY_TO_TRITON = {np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16", np.dtype(np.uint8): "UINT8"}
 
 
@@ -98,8 +101,11 @@ class TritonLink:
         self._timeout = settings.request_timeout_seconds
         self._client = InferenceServerClient(url=self._address)
         self._connected = False
-        self._loaded: dict[str, tuple[str, str]] = {}  # model id -> (input name, output name)
+        self._loaded: dict[str, tuple[str, str]] = {}  # in Triton now: model id -> (input name, output name)
+        self._wanted: set[str] = set()  # loaded on purpose and not unloaded: reloaded after a Triton restart
+        self._failed_loads: dict[str, tuple[float, Exception]] = {}
         self._load_locks: dict[str, asyncio.Lock] = {}
+        self._reloading: asyncio.Task[None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -110,24 +116,34 @@ class TritonLink:
         return self._address
 
     async def watch(self) -> None:
-        """Probe Triton once a second. After an outage Triton has forgotten every model (explicit mode), so
-        the models that were loaded are loaded again."""
+        """Probe Triton once a second, so that requests fail fast while it is down and `connected` (the
+        002 document's ssh_connected) tells the truth."""
         while True:
             ready = await self._probe()
             if ready and not self._connected:
-                wanted = list(self._loaded)
-                self._loaded.clear()
-                self._connected = True
-                log.info("model server connected", triton=self._address, reloading=wanted)
-                for model_id in wanted:
-                    try:
-                        await self.ensure_loaded(model_id)
-                    except (Conflict, Unavailable) as error:
-                        log.warning("model not reloaded", model_id=model_id, error=str(error))
+                self._reconnected()
             elif not ready and self._connected:
                 self._connected = False
                 log.warning("model server unreachable", triton=self._address)
             await asyncio.sleep(_PROBE_INTERVAL_S)
+
+    def _reconnected(self) -> None:
+        """A (re)started Triton has no model loaded (explicit mode): load the wanted ones again, in the
+        background; a request that needs one meanwhile loads it itself (the per-model lock makes it once)."""
+        self._connected = True
+        self._loaded.clear()
+        self._failed_loads.clear()
+        wanted = sorted(self._wanted)
+        log.info("model server connected", triton=self._address, reloading=wanted)
+        if wanted:
+            self._reloading = asyncio.create_task(self._reload(wanted), name="triton-reload")
+
+    async def _reload(self, model_ids: list[str]) -> None:
+        for model_id in model_ids:
+            try:
+                await self.ensure_loaded(model_id)
+            except (Conflict, Unavailable) as error:
+                log.warning("model not reloaded", model_id=model_id, error=str(error))
 
     async def _probe(self) -> bool:
         try:
@@ -135,18 +151,28 @@ class TritonLink:
         except (InferenceServerException, grpc.aio.AioRpcError, OSError):
             return False
 
-    def _require_connection(self) -> None:
-        if not self._connected:
-            raise Unavailable(f"The model server (Triton at {self._address}) is not reachable; retry shortly")
+    async def _require_connection(self) -> None:
+        # Between two probes of watch(), ask once more: a Triton that just came back is used at once.
+        if self._connected:
+            return
+        if await self._probe():
+            self._reconnected()
+            return
+        raise Unavailable(f"The model server (Triton at {self._address}) is not reachable; retry shortly")
 
-    async def ensure_loaded(self, model_id: str) -> tuple[str, str]:
-        """Load the model if Triton does not have it yet; returns its input and output tensor names."""
+    async def ensure_loaded(self, model_id: str, *, retry_failed: bool = False) -> tuple[str, str]:
+        """Load the model if Triton does not have it yet; returns its input and output tensor names. A load
+        that failed is not retried for a while (each attempt costs seconds) unless `retry_failed`."""
         if model_id in self._loaded:
             return self._loaded[model_id]
-        self._require_connection()
+        await self._require_connection()
         async with self._load_locks.setdefault(model_id, asyncio.Lock()):
             if model_id in self._loaded:
                 return self._loaded[model_id]
+            failed = self._failed_loads.pop(model_id, None)
+            if failed and not retry_failed and time.monotonic() - failed[0] < _FAILED_LOAD_MEMORY_S:
+                self._failed_loads[model_id] = failed
+                raise failed[1]
             started = time.monotonic()
             try:
                 # load_model on a loaded model reloads it (new instances, a second or more): only when needed,
@@ -155,15 +181,21 @@ class TritonLink:
                     await self._client.load_model(model_id, client_timeout=_LOAD_TIMEOUT_S)
                 metadata = await self._client.get_model_metadata(model_id, as_json=True)
             except InferenceServerException as error:
-                raise self._translate(error, f"Triton could not load model {model_id}") from error
+                translated = self._translate(error, f"Triton could not load model {model_id}")
+                if isinstance(translated, Conflict):
+                    self._failed_loads[model_id] = (time.monotonic(), translated)
+                raise translated from error
             names = (metadata["inputs"][0]["name"], metadata["outputs"][0]["name"])
             self._loaded[model_id] = names
+            self._wanted.add(model_id)
             log.info("model loaded", model_id=model_id, seconds=round(time.monotonic() - started, 2))
             return names
 
     async def unload(self, model_id: str) -> None:
         self._loaded.pop(model_id, None)
-        self._require_connection()
+        self._wanted.discard(model_id)
+        self._failed_loads.pop(model_id, None)
+        await self._require_connection()
         try:
             if not await self._client.is_model_ready(model_id, client_timeout=_PROBE_TIMEOUT_S):
                 return
@@ -171,9 +203,6 @@ class TritonLink:
         except InferenceServerException as error:
             raise self._translate(error, f"Triton could not unload model {model_id}") from error
         log.info("model unloaded", model_id=model_id)
-
-    def is_loaded(self, model_id: str) -> bool:
-        return model_id in self._loaded
 
     async def infer(self, model_id: str, batch: np.ndarray) -> np.ndarray:
         """Run the model on a batch (the first dimension); Triton's dynamic batcher may merge it with others."""
@@ -199,7 +228,7 @@ class TritonLink:
 
     def _translate(self, error: InferenceServerException, what: str) -> Exception:
         status = (error.status() or "").upper()
-        message = error.message() or str(error)
+        message = _brief(error.message() or str(error))
         if "UNAVAILABLE" in status or "DEADLINE" in status or "CANCELLED" in status:
             self._connected = self._connected and "UNAVAILABLE" not in status
             return Unavailable(f"{what}: the model server (Triton at {self._address}) did not answer ({message})")
@@ -211,6 +240,13 @@ class TritonLink:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def _brief(message: str) -> str:
+    """Triton's message without what only the operator should see: the Python traceback of a model that failed
+    to initialise ("At: /path/model.py(29): initialize") and directories of server paths."""
+    first = message.strip().split("\n", 1)[0].strip()
+    return _SERVER_PATH.sub(lambda match: match.group(1), first)[:500]
 
 
 def _is_unknown_model(error: InferenceServerException) -> bool:

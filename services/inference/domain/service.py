@@ -42,7 +42,7 @@ _IMAGES_IN_FLIGHT = 8
 
 
 class ModelLoader(Protocol):
-    async def ensure_loaded(self, model_id: str) -> tuple[str, str]: ...
+    async def ensure_loaded(self, model_id: str, *, retry_failed: bool = False) -> tuple[str, str]: ...
     async def unload(self, model_id: str) -> None: ...
 
 
@@ -186,7 +186,10 @@ class InferenceService:
         model = await self.engine.model(model_id)
         if path.stat().st_size == 0:
             raise InvalidArgument("The video file is empty")
-        return model, await asyncio.to_thread(self.engine.open_video, path, self.video_limits)
+        info = await asyncio.to_thread(self.engine.open_video, path, self.video_limits)
+        # Loaded before the first frame: a model Triton cannot load is a 409 answer, not an error event.
+        await self._loader.ensure_loaded(model.model_id)
+        return model, info
 
     async def annotate_video_file(
         self, model_id: str, source: Path, thresholds: Thresholds, staging: Path
@@ -200,8 +203,11 @@ class InferenceService:
             async for frame in self.engine.annotate_video(model, source, self.video_limits, thresholds, self._depth):
                 await asyncio.to_thread(writer.write, frame.image)
                 counts.append(len(frame.detections))
-        finally:
-            await asyncio.to_thread(writer.close)
+        except BaseException as error:
+            # The partial file goes; the error that stopped the video is what the caller hears about.
+            await asyncio.to_thread(writer.__exit__, type(error), error, error.__traceback__)
+            raise
+        await asyncio.to_thread(writer.close)
         log.info("video annotated", model_id=model_id, frames=len(counts), detections=sum(counts))
         return VideoResult(info, output, counts)
 
@@ -273,7 +279,7 @@ class InferenceService:
     async def load_model(self, model_id: str) -> None:
         self._models.forget(model_id)
         model = await self.engine.model(model_id)
-        await self._loader.ensure_loaded(model.model_id)
+        await self._loader.ensure_loaded(model.model_id, retry_failed=True)
 
     async def unload_model(self, model_id: str) -> None:
         self._models.forget(model_id)

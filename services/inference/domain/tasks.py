@@ -247,7 +247,11 @@ class TaskQueue:
             and entry.is_file()
             and not entry.is_symlink()
         )
-        return {path.name: path for path in sorted(served, key=lambda path: natural_key(path.name))}
+        # Images first, then videos, as the document's example lists them; natural name order within each.
+        ordered = sorted(
+            served, key=lambda path: (CONTENT_TYPES[path.suffix.lower()].startswith("video/"), natural_key(path.name))
+        )
+        return {path.name: path for path in ordered}
 
     def stats(self) -> QueueStats:
         with self._db() as session:
