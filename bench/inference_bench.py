@@ -1136,14 +1136,15 @@ def render_table(report: Report) -> str:  # noqa: PLR0912, PLR0915 - one linear 
         lines += ["", f"Detection on one image per request, {IMGSZ}x{IMGSZ}, {report.settings['duration']:g} s per run"]
         lines.append(
             f"  {'path':<12}{'conc':>5}{'requests':>9}{'errors':>7}{'img/s':>8}{'p50 ms':>9}{'p99 ms':>9}"
-            f"{'mean ms':>9}{'outside':>9}{'dets':>6}{'load':>12}"
+            f"{'mean ms':>9}{'outside':>9}{'dets':>6}{'other %':>8}{'ceiling':>8}{'load':>12}"
         )
         for run in report.runs:
             loads = f"{_num(run.load_before, 0, 2)}->{_num(run.load_after, 0, 2)}"
             lines.append(
                 f"  {run.path:<12}{run.concurrency:>5}{run.requests:>9}{run.errors:>7}{run.images_per_s:>8.2f}"
                 f"{_num(run.p50_ms, 9)}{_num(run.p99_ms, 9)}{_num(run.mean_ms, 9)}{_num(run.outside_triton_ms, 9)}"
-                f"{run.detections:>6}{loads:>12}"
+                f"{run.detections:>6}{_num(run.cpu.percent['rest of machine'] if run.cpu else None, 8, 0)}"
+                f"{_num(run.cpu.ceiling_per_s if run.cpu else None, 8)}{loads:>12}"
             )
             lines.append(f"      {_triton_line(run.triton)}")
             lines.append(f"      {_cpu_line(run.cpu, cpus)}")
@@ -1175,6 +1176,17 @@ def render_table(report: Report) -> str:  # noqa: PLR0912, PLR0915 - one linear 
                     f"   target >= {THROUGHPUT_RATIO_TARGET:g}x  {verdict(bool(report.meets_throughput_target))}"
                     if name == "ultralytics-pt"
                     else ""
+                )
+            )
+        if rest16 is not None and rest16.cpu is not None:
+            other = rest16.cpu.percent["rest of machine"]
+            lines.append(
+                f"  during rest c16 other work used {other:.0f} % of one core; its own CPU cost allows at most "
+                f"{rest16.cpu.ceiling_per_s:.1f} img/s on all {cpus} cores (ceiling), "
+                + ", ".join(
+                    f"{rest16.cpu.ceiling_per_s / b.images_per_s:.2f}x {b.name}"
+                    for b in report.baselines
+                    if not b.error and b.images_per_s > 0
                 )
             )
 
