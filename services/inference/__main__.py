@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 from pathlib import Path
 
 import grpc
@@ -29,6 +31,17 @@ from services.training.settings import TrainingSettings
 log = structlog.get_logger("inference")
 
 _SWEEP_INTERVAL_S = 3600.0
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
+def keep_large_buffers_on_the_heap() -> None:
+    """Each request builds multi-MB tensors (a 640x640 float32 image is 4.9 MB). With glibc's defaults every
+    one is a fresh mmap and costs thousands of page faults; measured: 14 -> 7 CPU ms per image outside the
+    model. (Triton gets the same through its environment: services/common/triton/server.py.)"""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 64 << 20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20)
 
 
 async def sweep_uploads(uploads: UploadStore, retention_hours: float) -> None:
@@ -40,6 +53,7 @@ async def sweep_uploads(uploads: UploadStore, retention_hours: float) -> None:
 
 
 async def main(settings: InferenceSettings) -> None:
+    keep_large_buffers_on_the_heap()
     engine = create_db_engine(settings.sqlalchemy_url("inference"))
     migrate(engine, MIGRATIONS, Base.metadata, version_table=VERSION_TABLE)
     db = session_factory(engine)

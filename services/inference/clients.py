@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from typing import NamedTuple
 
 import grpc
 import numpy as np
@@ -27,6 +28,7 @@ _PROBE_INTERVAL_S = 1.0
 _PROBE_TIMEOUT_S = 2.0
 _LOAD_TIMEOUT_S = 300.0
 _FAILED_LOAD_MEMORY_S = 30.0
+_YOLO_STRIDE = 32  # the largest stride of YOLOv8/11 detection heads
 _SERVER_PATH = re.compile(r"(?:/[^\s/:'\"]+)+/([^\s/:'\"]+)")
 _NUMPY_TO_TRITON = {np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16", np.dtype(np.uint8): "UINT8"}
 
@@ -92,6 +94,14 @@ def _servable(message: training_pb2.Model) -> ServableModel:
     )
 
 
+class ServedTensors(NamedTuple):
+    input_name: str
+    output_name: str
+    # 0: the input is a fixed square; else its sides vary and images are letterboxed to the smallest rectangle
+    # whose sides are multiples of this (fewer pixels to compute than a square).
+    letterbox_stride: int
+
+
 class TritonLink:
     """The connection to Triton: loads models on first use (explicit model control), runs inference, and
     watches the server so requests fail fast while it is down and models come back after it restarts."""
@@ -101,7 +111,7 @@ class TritonLink:
         self._timeout = settings.request_timeout_seconds
         self._client = InferenceServerClient(url=self._address)
         self._connected = False
-        self._loaded: dict[str, tuple[str, str]] = {}  # in Triton now: model id -> (input name, output name)
+        self._loaded: dict[str, ServedTensors] = {}  # in Triton now
         self._wanted: set[str] = set()  # loaded on purpose and not unloaded: reloaded after a Triton restart
         self._failed_loads: dict[str, tuple[float, Exception]] = {}
         self._load_locks: dict[str, asyncio.Lock] = {}
@@ -160,8 +170,8 @@ class TritonLink:
             return
         raise Unavailable(f"The model server (Triton at {self._address}) is not reachable; retry shortly")
 
-    async def ensure_loaded(self, model_id: str, *, retry_failed: bool = False) -> tuple[str, str]:
-        """Load the model if Triton does not have it yet; returns its input and output tensor names. A load
+    async def ensure_loaded(self, model_id: str, *, retry_failed: bool = False) -> ServedTensors:
+        """Load the model if Triton does not have it yet; returns its tensors as Triton declares them. A load
         that failed is not retried for a while (each attempt costs seconds) unless `retry_failed`."""
         if model_id in self._loaded:
             return self._loaded[model_id]
@@ -185,11 +195,18 @@ class TritonLink:
                 if isinstance(translated, Conflict):
                     self._failed_loads[model_id] = (time.monotonic(), translated)
                 raise translated from error
-            names = (metadata["inputs"][0]["name"], metadata["outputs"][0]["name"])
-            self._loaded[model_id] = names
+            image_input = metadata["inputs"][0]
+            variable_sides = any(int(side) == -1 for side in image_input["shape"][-2:])
+            tensors = ServedTensors(
+                image_input["name"], metadata["outputs"][0]["name"], _YOLO_STRIDE if variable_sides else 0
+            )
+            self._loaded[model_id] = tensors
             self._wanted.add(model_id)
             log.info("model loaded", model_id=model_id, seconds=round(time.monotonic() - started, 2))
-            return names
+            return tensors
+
+    async def letterbox_stride(self, model_id: str) -> int:
+        return (await self.ensure_loaded(model_id)).letterbox_stride
 
     async def unload(self, model_id: str) -> None:
         self._loaded.pop(model_id, None)
@@ -207,7 +224,7 @@ class TritonLink:
     async def infer(self, model_id: str, batch: np.ndarray) -> np.ndarray:
         """Run the model on a batch (the first dimension); Triton's dynamic batcher may merge it with others."""
         for attempt in (1, 2):
-            input_name, output_name = await self.ensure_loaded(model_id)
+            input_name, output_name, _ = await self.ensure_loaded(model_id)
             tensor = InferInput(input_name, list(batch.shape), _NUMPY_TO_TRITON[batch.dtype])
             tensor.set_data_from_numpy(batch)
             try:

@@ -54,8 +54,9 @@ class OnnxSignature:
 
 
 def read_onnx_signature(onnx_file: Path, imgsz: int) -> OnnxSignature:
-    """The model's real tensor names and shapes. Dynamic image sides are pinned to imgsz (clients letterbox to
-    it); other dynamic dimensions (batch, anchors) stay variable."""
+    """The model's real tensor names and shapes. Variable dimensions stay variable: batch and anchors, and
+    the image sides, so clients may letterbox to the smallest rectangle (sides multiples of the stride, the
+    longer one imgsz) instead of a square, as Ultralytics' own predict does; fixed sides must be imgsz."""
     import onnx
 
     graph = onnx.load(str(onnx_file), load_external_data=False).graph
@@ -68,11 +69,10 @@ def read_onnx_signature(onnx_file: Path, imgsz: int) -> OnnxSignature:
     inputs = []
     for name, data_type, raw_dims in raw_inputs:
         dims = raw_dims
-        if len(dims) == 4:  # NCHW image: pin variable height and width, check fixed ones
+        if len(dims) == 4:  # NCHW image: fixed sides must be what clients letterbox to
             for side in dims[2:]:
                 if side not in (-1, imgsz):
                     raise InvalidArgument(f"{onnx_file.name} input {name} is {side} pixels, not imgsz {imgsz}")
-            dims = (*dims[:2], imgsz, imgsz)
         inputs.append(TensorSpec(name, data_type, dims[1:] if batched else dims))
     outputs = [TensorSpec(name, data_type, dims[1:] if batched else dims) for name, data_type, dims in raw_outputs]
     return OnnxSignature(tuple(inputs), tuple(outputs), batched)

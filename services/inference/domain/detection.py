@@ -53,8 +53,8 @@ class Detection:
 
 @dataclass(frozen=True)
 class Letterbox:
-    """How an original image was mapped into the square model input: resized by `scale` (each side rounded
-    to whole pixels), then placed at (pad_x, pad_y)."""
+    """How an original image was mapped into the model input: resized by `scale` (each side rounded to whole
+    pixels), then placed at (pad_x, pad_y)."""
 
     scale: float
     pad_x: float
@@ -167,13 +167,19 @@ def _decode_with_pillow(data: bytes) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
 
-def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
-    """The model input for a BGR uint8 image: float32 (3, size, size) RGB in 0..1, contiguous. Geometry and
-    pixels as Ultralytics' LetterBox(auto=False, center=True): aspect kept, centred, padded with 114."""
+def letterbox(image: np.ndarray, size: int, stride: int = 0) -> tuple[np.ndarray, Letterbox]:
+    """The model input for a BGR uint8 image: float32 (3, H, W) RGB in 0..1, contiguous. Geometry and pixels as
+    Ultralytics' LetterBox(center=True): aspect kept, centred, padded with 114. stride 0 gives the square
+    size x size (auto=False); a stride gives the smallest rectangle whose sides are multiples of it, the longer
+    side `size` (auto=True, what Ultralytics' predict does): fewer pixels for the model to compute."""
     height, width = image.shape[:2]
     scale = min(size / height, size / width)
     resized_width, resized_height = _resized_side(width, scale), _resized_side(height, scale)
-    half_pad_x, half_pad_y = (size - resized_width) / 2, (size - resized_height) / 2
+    input_width, input_height = size, size
+    if stride:
+        input_width = resized_width + (size - resized_width) % stride
+        input_height = resized_height + (size - resized_height) % stride
+    half_pad_x, half_pad_y = (input_width - resized_width) / 2, (input_height - resized_height) / 2
     # Ultralytics' rounding: an odd padding puts the extra pixel at the bottom/right.
     top, bottom = round(half_pad_y - 0.1), round(half_pad_y + 0.1)
     left, right = round(half_pad_x - 0.1), round(half_pad_x + 0.1)
@@ -181,7 +187,7 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
         # Resized as uint8, like Ultralytics: OpenCV's fixed-point uint8 resize differs from a float one.
         image = cv2.resize(image, (resized_width, resized_height), interpolation=cv2.INTER_LINEAR)
     padded = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(_PAD_VALUE,) * 3)
-    tensor = np.empty((3, size, size), np.float32)
+    tensor = np.empty((3, input_height, input_width), np.float32)
     # Plane by plane (B, G, R reversed into R, G, B): faster than a strided HWC->CHW copy.
     for channel, plane in enumerate(reversed(cv2.split(padded))):
         np.divide(plane, 255, out=tensor[channel], dtype=np.float32)

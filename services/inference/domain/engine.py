@@ -35,6 +35,7 @@ class ModelRegistry(Protocol):
 
 class ModelServer(Protocol):
     async def infer(self, model_id: str, batch: np.ndarray) -> np.ndarray: ...
+    async def letterbox_stride(self, model_id: str) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ class DetectionEngine:
         return DetectedImage(image, await self.detect(model, image, thresholds))
 
     async def detect(self, model: ServableModel, image: np.ndarray, thresholds: Thresholds) -> list[Detection]:
-        tensor, box = await asyncio.to_thread(letterbox, image, model.imgsz)
+        stride = await self._server.letterbox_stride(model.model_id)
+        tensor, box = await asyncio.to_thread(letterbox, image, model.imgsz, stride)
         output = await self._server.infer(model.model_id, tensor[np.newaxis])
         return await asyncio.to_thread(postprocess, output[0], box, model.classes, thresholds.conf, thresholds.iou)
 

@@ -211,6 +211,30 @@ def test_letterbox_geometry(width: int, height: int, size: int, expected: Letter
     assert np.all(tensor[:, ~inside] == pad)
 
 
+@pytest.mark.parametrize(
+    ("width", "height", "size", "shape", "expected"),
+    [
+        (640, 480, 640, (480, 640), Letterbox(1.0, 0.0, 0.0, 640, 480)),  # no padding at all
+        (810, 1080, 640, (640, 480), Letterbox(640 / 1080, 0.0, 0.0, 810, 1080)),
+        (333, 777, 320, (320, 160), Letterbox(320 / 777, 11.0, 0.0, 333, 777)),  # 137 + 23 px: 11 | 12
+        (1280, 720, 640, (384, 640), Letterbox(0.5, 0.0, 12.0, 1280, 720)),
+    ],
+)
+def test_letterbox_with_a_stride_pads_to_the_smallest_rectangle(
+    width: int, height: int, size: int, shape: tuple[int, int], expected: Letterbox
+) -> None:
+    """Ultralytics' LetterBox(auto=True): sides are multiples of the stride, the longer one is `size`."""
+    tensor, box = letterbox(random_bgr(height, width), size, stride=32)
+    assert tensor.shape == (3, *shape) and tensor.flags.c_contiguous
+    assert box == expected
+    _, square_box = letterbox(random_bgr(height, width), size)
+    assert (box.scale, box.resized_width, box.resized_height) == (
+        square_box.scale,
+        square_box.resized_width,
+        square_box.resized_height,
+    )
+
+
 def test_letterbox_is_rgb_in_unit_range() -> None:
     blue = np.zeros((48, 64, 3), np.uint8)
     blue[:, :, 0] = 255

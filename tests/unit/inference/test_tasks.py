@@ -202,9 +202,9 @@ def test_a_task_runs_and_publishes_its_result_files(
     assert output.parent == files.tasks_root and output.name.startswith(STAGING_PREFIX)
     url = f"/api/task/{task.task_id}/file/"
     assert [(f.filename, f.type, f.url) for f in queue.result_files(task.task_id)] == [
-        ("output.mp4", "video", url + "output.mp4"),
         ("result_001.jpg", "image", url + "result_001.jpg"),
         ("result_002.png", "image", url + "result_002.png"),
+        ("output.mp4", "video", url + "output.mp4"),
     ]
     assert staging_leftovers(files) == []
 
