@@ -98,8 +98,8 @@ def test_python_backend_config_differs_only_in_what_runs_it(tmp_path: Path) -> N
     python = parsed(render_triton_config("m1", BATCHED, settings(tmp_path, "python")))
     assert python.backend == "python"
     assert not python.platform
-    assert python.max_batch_size == 8  # the default
-    assert python.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert python.max_batch_size == 4  # the default
+    assert python.dynamic_batching.max_queue_delay_microseconds == 0
     assert [(group.count, group.kind) for group in python.instance_group] == [
         (2, model_config_pb2.ModelInstanceGroup.KIND_CPU)
     ]

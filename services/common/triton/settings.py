@@ -35,9 +35,12 @@ class TritonSettings(CommonSettings):
     # instances beat one two-threaded instance (runtime-facts.md).
     instance_count: int = 2
     threads_per_instance: int = 1
-    # Largest batch the dynamic batcher forms, and how long a request may wait for others to join it.
-    max_batch_size: int = 8
-    max_queue_delay_microseconds: int = 2000
+    # Largest batch the dynamic batcher forms, and how long a request may wait for others to join it. On a
+    # CPU a batch costs its size in time and buys nothing, while big batches leave an instance idle: batches
+    # of at most 4, formed only from requests already waiting when an instance frees up, served 16.7 images/s
+    # at 16 clients against 14.1 with 8 and a 2 ms wait (bench/inference_bench.py). On a GPU, raise both.
+    max_batch_size: int = 4
+    max_queue_delay_microseconds: int = 0
     # Seconds an inference call to Triton may take before it fails with 503.
     request_timeout_seconds: float = 60.0
 

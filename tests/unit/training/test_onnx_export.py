@@ -61,7 +61,7 @@ def test_triton_model_from_the_export(
     assert (model_dir / "labels.txt").read_text() == "square\ncircle\n"
     config = (model_dir / "config.pbtxt").read_text()
     assert pbtxt_field(config, "name") == ['"model_20240115_123456"', '"images"', '"output0"']
-    assert pbtxt_field(config, "max_batch_size") == ["8"]
+    assert pbtxt_field(config, "max_batch_size") == ["4"]
     assert pbtxt_field(config, "data_type") == ["TYPE_FP32", "TYPE_FP32"]
     # Variable image sides: clients letterbox to the smallest rectangle (the export is dynamic).
     assert pbtxt_field(config, "dims") == ["[ 3, -1, -1 ]", f"[ {4 + len(trained_run.classes)}, -1 ]"]
