@@ -25,10 +25,19 @@ from services.registry import MESH_SERVICES
 _START_TIMEOUT_S = 120.0
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on now, and one this process has not handed out before: the kernel may offer
+    the same free port twice in a row, and two components of one platform must not both get it."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 class PlatformInstance:
