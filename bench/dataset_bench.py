@@ -58,7 +58,7 @@ from PIL import Image, ImageDraw
 from visionmesh.dataset.v1 import dataset_pb2 as pb
 from visionmesh.dataset.v1 import dataset_pb2_grpc
 
-from bench.benchlib import load_average, percentile, verdict, write_json
+from bench.benchlib import BenchError, json_or_raise, load_average, percentile, verdict, write_json
 from launcher.instance import PlatformInstance
 
 PREPARE_TARGET_IMAGES_PER_S = 500.0
@@ -73,10 +73,6 @@ _RPC_TIMEOUT_S = 30.0
 # Each channel gets its own connection (grpc shares subchannels between channels by default), and a loopback
 # benchmark must never go through an http_proxy from the environment.
 _CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.enable_http_proxy", 0)]
-
-
-class BenchError(RuntimeError):
-    pass
 
 
 # ------------------------------------------------------------------------------------------ dataset ZIP
@@ -159,18 +155,12 @@ class UploadPrepareResult:
     meets_target: bool = False
 
 
-def _json_or_raise(response: httpx.Response, what: str) -> dict[str, Any]:
-    if response.status_code != 200:
-        raise BenchError(f"{what} answered HTTP {response.status_code}: {response.text[:500]}")
-    return response.json()
-
-
 def upload_and_prepare(client: httpx.Client, dataset: GeneratedDataset, runs: int) -> UploadPrepareResult:
     with dataset.path.open("rb") as handle:
         started = time.perf_counter()
         response = client.post("/datasets/upload", files={"file": (dataset.path.name, handle, "application/zip")})
         upload_s = time.perf_counter() - started
-    dataset_id = _json_or_raise(response, "upload")["dataset_id"]
+    dataset_id = json_or_raise(response, "upload")["dataset_id"]
 
     durations, versions = [], []
     train = val = 0
@@ -178,7 +168,7 @@ def upload_and_prepare(client: httpx.Client, dataset: GeneratedDataset, runs: in
         started = time.perf_counter()
         response = client.post(f"/datasets/{dataset_id}/prepare", json={})
         durations.append(time.perf_counter() - started)
-        prepared = _json_or_raise(response, "prepare")
+        prepared = json_or_raise(response, "prepare")
         train, val = int(prepared.get("train_count", 0)), int(prepared.get("val_count", 0))
         accepted = int(prepared.get("report", {}).get("images_accepted", 0))
         if accepted != dataset.images or train + val != dataset.images:

@@ -92,7 +92,6 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +105,17 @@ from google.api import httpbody_pb2
 from visionmesh.inference.v1 import inference_pb2 as pb
 from visionmesh.inference.v1 import inference_pb2_grpc
 
-from bench.benchlib import load_average, percentile, verdict, write_json
+from bench.benchlib import (
+    BenchError,
+    json_or_raise,
+    load_average,
+    log,
+    package_version,
+    percentile,
+    verdict,
+    wait_for_export,
+    write_json,
+)
 from launcher.instance import PlatformInstance
 from services.inference.domain.detection import decode_image, letterbox, postprocess
 from services.training.ultralytics_env import ultralytics_environment
@@ -178,20 +187,6 @@ report = {
 }
 print(__MARKER__ + json.dumps(report), flush=True)
 """.replace("__MARKER__", repr(_BASELINE_MARKER))
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _json_or_raise(response: httpx.Response, what: str) -> dict[str, Any]:
-    if response.status_code != 200:
-        raise BenchError(f"{what} answered HTTP {response.status_code}: {response.text[:500]}")
-    return response.json()
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -294,18 +289,13 @@ class ModelSetup:
     first_request_s: float = 0.0  # the warm-up request that loads the 640 model into Triton
 
 
-def _wait_for_export(http: httpx.Client, model_id: str) -> tuple[dict[str, Any], float]:
-    started = time.perf_counter()
-    deadline = time.monotonic() + _EXPORT_TIMEOUT_S
-    while time.monotonic() < deadline:
-        model = _json_or_raise(http.get(f"/models/{model_id}"), f"GET /models/{model_id}")
-        status = model.get("export_status")
-        if status == "ready":
-            return model, time.perf_counter() - started
-        if status != "pending":
-            raise BenchError(f"the ONNX export of {model_id} ended {status}: {model.get('export_error')}")
-        time.sleep(0.5)
-    raise BenchError(f"the ONNX export of {model_id} was still pending after {_EXPORT_TIMEOUT_S:.0f}s")
+def _served(http: httpx.Client, model_id: str) -> tuple[dict[str, Any], float]:
+    model, waited = wait_for_export(http, model_id, _EXPORT_TIMEOUT_S)
+    if model.get("export_status") != "ready":
+        raise BenchError(
+            f"the ONNX export of {model_id} ended {model.get('export_status')}: {model.get('export_error')}"
+        )
+    return model, waited
 
 
 def train_model(http: httpx.Client) -> ModelSetup:
@@ -313,14 +303,14 @@ def train_model(http: httpx.Client) -> ModelSetup:
     setup = ModelSetup()
     archive = datagen.dataset_zip(count=TRAIN_IMAGES, size=GENERATED_SIZE, seed=7)
     response = http.post("/datasets/upload", files={"file": ("shapes.zip", archive, "application/zip")})
-    setup.dataset_id = _json_or_raise(response, "upload")["dataset_id"]
-    _json_or_raise(http.post(f"/datasets/{setup.dataset_id}/prepare", json={}), "prepare")
+    setup.dataset_id = json_or_raise(response, "upload")["dataset_id"]
+    json_or_raise(http.post(f"/datasets/{setup.dataset_id}/prepare", json={}), "prepare")
     body = {"dataset_id": setup.dataset_id, "epochs": 1, "imgsz": IMGSZ, "batch": 8}
     started = time.perf_counter()
-    setup.job_id = _json_or_raise(http.post("/train/jobs", json=body), "POST /train/jobs")["job_id"]
+    setup.job_id = json_or_raise(http.post("/train/jobs", json=body), "POST /train/jobs")["job_id"]
     deadline = time.monotonic() + _TRAIN_TIMEOUT_S
     while True:
-        job = _json_or_raise(http.get(f"/train/jobs/{setup.job_id}"), "GET /train/jobs")
+        job = json_or_raise(http.get(f"/train/jobs/{setup.job_id}"), "GET /train/jobs")
         if job.get("status") == "completed":
             break
         if job.get("status") in ("failed", "stopped", "interrupted"):
@@ -331,7 +321,7 @@ def train_model(http: httpx.Client) -> ModelSetup:
     setup.train_s = time.perf_counter() - started
     setup.weights_source = str(job.get("weights_source", ""))
     setup.model_id = str(job["model_id"])
-    model, setup.export_s = _wait_for_export(http, setup.model_id)
+    model, setup.export_s = _served(http, setup.model_id)
     setup.onnx_path, setup.weights_path = str(model["onnx_path"]), str(model["weights_path"])
     setup.classes = list(model.get("classes", []))
     if int(model.get("imgsz", 0)) != IMGSZ:
@@ -346,8 +336,8 @@ def upload_video_model(http: httpx.Client, setup: ModelSetup) -> None:
         archive.write(setup.weights_path, "weights/best.pt")
         archive.writestr("model.json", json.dumps({"imgsz": VIDEO_IMGSZ, "name": "inference-bench-320"}))
     response = http.post("/models/upload", files={"file": ("bench320.zip", buffer.getvalue(), "application/zip")})
-    setup.video_model_id = str(_json_or_raise(response, "POST /models/upload")["model_id"])
-    model, setup.video_export_s = _wait_for_export(http, setup.video_model_id)
+    setup.video_model_id = str(json_or_raise(response, "POST /models/upload")["model_id"])
+    model, setup.video_export_s = _served(http, setup.video_model_id)
     if int(model.get("imgsz", 0)) != VIDEO_IMGSZ:
         raise BenchError(f"model {setup.video_model_id} has imgsz {model.get('imgsz')}, not {VIDEO_IMGSZ}")
 
@@ -356,7 +346,7 @@ def warm_model(http: httpx.Client, model_id: str, image: TestImage) -> float:
     """One request: the first one loads the model into Triton (if the export did not already)."""
     started = time.perf_counter()
     files = {"file": (image.name, image.data, "image/jpeg")}
-    _json_or_raise(http.post(f"/infer/{model_id}", files=files), f"POST /infer/{model_id}")
+    json_or_raise(http.post(f"/infer/{model_id}", files=files), f"POST /infer/{model_id}")
     return time.perf_counter() - started
 
 
@@ -958,7 +948,7 @@ def _infer_video(http: httpx.Client, model_id: str, video: Path, run: VideoRun) 
     started = time.perf_counter()
     files = {"file": (video.name, video.read_bytes(), "video/mp4")}
     response = http.post(f"/infer/video/{model_id}", files=files, timeout=httpx.Timeout(_HTTP_TIMEOUT_S, read=600.0))
-    body = _json_or_raise(response, f"POST /infer/video/{model_id}")
+    body = json_or_raise(response, f"POST /infer/video/{model_id}")
     run.total_s = round(time.perf_counter() - started, 3)
     run.frames = int(body["stats"]["total_frames"])
     run.detections = sum(int(n) for n in body["stats"]["detections_per_frame"])
@@ -972,7 +962,7 @@ def measure_video(
     video = work_dir / "clip320.mp4"
     result = VideoResult(model_id, frames, f"{VIDEO_SIZE}x{VIDEO_SIZE}", VIDEO_FPS, write_video(video, frames))
     for kind, runner in (("stream", _stream_video), ("non-stream", _infer_video)):
-        _log(f"video: {kind} ({frames} frames) ...")
+        log(f"video: {kind} ({frames} frames) ...")
         run = VideoRun(kind=kind, load_before=load_average())
         meter = CpuMeter(instance)
         before = stats.snapshot(model_id)
@@ -1248,13 +1238,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "?"
-
-
 def _factory(path: str, instance: PlatformInstance, setup: ModelSetup) -> ClientFactory:
     if path == "rest":
         return rest_client(instance.base_url, setup.model_id)
@@ -1269,7 +1252,7 @@ def run_bench(report: Report, args: argparse.Namespace, instance: PlatformInstan
     with httpx.Client(base_url=instance.base_url, timeout=_HTTP_TIMEOUT_S, trust_env=False) as http:
         images = test_images(work_dir / "images")
         report.images = [{key: value for key, value in vars(image).items() if key != "data"} for image in images]
-        _log("training yolov8n for 1 epoch at imgsz 640 through the platform, then its ONNX export ...")
+        log("training yolov8n for 1 epoch at imgsz 640 through the platform, then its ONNX export ...")
         setup = report.models = train_model(http)
         setup.first_request_s = round(warm_model(http, setup.model_id, images[0]), 2)
         stats = TritonStats(instance.triton_target)
@@ -1279,7 +1262,7 @@ def run_bench(report: Report, args: argparse.Namespace, instance: PlatformInstan
             )
             setup.triton_input, setup.triton_output = meta["inputs"][0]["name"], meta["outputs"][0]["name"]
 
-            _log("timing the per-image steps outside the model ...")
+            log("timing the per-image steps outside the model ...")
             report.steps = measure_steps(images, setup, instance.triton_target)
 
             if not args.skip_baseline:
@@ -1290,14 +1273,14 @@ def run_bench(report: Report, args: argparse.Namespace, instance: PlatformInstan
                 shutil.copyfile(setup.weights_path, weights)
                 shutil.copyfile(setup.onnx_path, onnx_file)
                 for name, file in (("ultralytics-pt", weights), ("ultralytics-onnx", onnx_file)):
-                    _log(f"baseline {name} ({args.duration:g} s, in a child process) ...")
+                    log(f"baseline {name} ({args.duration:g} s, in a child process) ...")
                     report.baselines.append(
                         run_baseline(name, file, images, duration=args.duration, work_dir=work_dir, instance=instance)
                     )
 
             for level in args.levels:
                 for path in args.paths:
-                    _log(f"{path} at concurrency {level} ({args.duration:g} s) ...")
+                    log(f"{path} at concurrency {level} ({args.duration:g} s) ...")
                     report.runs.append(
                         run_load(
                             path,
@@ -1312,7 +1295,7 @@ def run_bench(report: Report, args: argparse.Namespace, instance: PlatformInstan
                     )
 
             if not args.skip_video:
-                _log("uploading the same best.pt with imgsz 320 for the video part ...")
+                log("uploading the same best.pt with imgsz 320 for the video part ...")
                 upload_video_model(http, setup)
                 warm_model(http, setup.video_model_id, images[0])
                 report.video = measure_video(
@@ -1345,11 +1328,11 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "machine": platform.machine(),
             "system": platform.platform(),
-            "onnxruntime": _version("onnxruntime"),
-            "torch": _version("torch"),
-            "ultralytics": _version("ultralytics"),
-            "tritonclient": _version("tritonclient"),
-            "nvidia-pytriton": _version("nvidia-pytriton"),
+            "onnxruntime": package_version("onnxruntime"),
+            "torch": package_version("torch"),
+            "ultralytics": package_version("ultralytics"),
+            "tritonclient": package_version("tritonclient"),
+            "nvidia-pytriton": package_version("nvidia-pytriton"),
             "load_avg_1m_start": load_average(),
         },
         settings={
@@ -1369,7 +1352,7 @@ def main(argv: list[str] | None = None) -> int:
     instance = PlatformInstance(work_dir / "data")
     exit_code = 0
     try:
-        _log(f"starting the platform in {work_dir} ...")
+        log(f"starting the platform in {work_dir} ...")
         with instance:
             run_bench(report, args, instance, work_dir)
     except (
@@ -1386,7 +1369,7 @@ def main(argv: list[str] | None = None) -> int:
         exit_code = 1
     finally:
         if args.keep:
-            _log(f"kept {work_dir}")
+            log(f"kept {work_dir}")
         else:
             shutil.rmtree(work_dir, ignore_errors=True)
     summarise(report)

@@ -65,13 +65,22 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.benchlib import load_average, percentile, verdict, write_json
+from bench.benchlib import (
+    BenchError,
+    json_or_raise,
+    load_average,
+    log,
+    package_version,
+    percentile,
+    verdict,
+    wait_for_export,
+    write_json,
+)
 from launcher.instance import PlatformInstance
 from services.common.clock import iso, utcnow
 from services.training.ultralytics_env import ultralytics_environment
@@ -109,19 +118,7 @@ model.train(data=spec["data"], epochs=spec["epochs"], imgsz=spec["imgsz"], batch
             workers=0, seed=0, project=spec["project"], name="train", exist_ok=True, plots=False)
 """
 
-
-class BenchError(RuntimeError):
-    pass
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _json_or_raise(response: httpx.Response, what: str) -> dict[str, Any]:
-    if response.status_code != 200:
-        raise BenchError(f"{what} answered HTTP {response.status_code}: {response.text[:500]}")
-    return response.json()
+_EXPORT_TIMEOUT_S = 600.0
 
 
 def _last_epoch(results_csv: Path) -> tuple[float | None, float | None]:
@@ -155,8 +152,8 @@ def upload_and_prepare(http: httpx.Client, work_dir: Path, images: int) -> Prepa
     archive.write_bytes(datagen.dataset_zip(count=images, size=size, seed=7))
     with archive.open("rb") as handle:
         response = http.post("/datasets/upload", files={"file": (archive.name, handle, "application/zip")})
-    dataset_id = _json_or_raise(response, "upload")["dataset_id"]
-    prepared = _json_or_raise(http.post(f"/datasets/{dataset_id}/prepare", json={}), "prepare")
+    dataset_id = json_or_raise(response, "upload")["dataset_id"]
+    prepared = json_or_raise(http.post(f"/datasets/{dataset_id}/prepare", json={}), "prepare")
     data_yaml = str(prepared.get("data_yaml", ""))
     if not data_yaml or not Path(data_yaml).is_file():
         raise BenchError(f"prepare did not name a readable data.yaml: {prepared}")
@@ -208,19 +205,7 @@ class OverheadResult:
 
 
 def _get_job(http: httpx.Client, job_id: str) -> dict[str, Any]:
-    return _json_or_raise(http.get(f"/train/jobs/{job_id}"), f"GET /train/jobs/{job_id}")
-
-
-def _wait_for_export(http: httpx.Client, model_id: str, timeout: float = 600.0) -> float:
-    """The registered model's ONNX export runs in the background after the job: wait until it is done."""
-    started = time.perf_counter()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        model = _json_or_raise(http.get(f"/models/{model_id}"), f"GET /models/{model_id}")
-        if model.get("export_status") != "pending":
-            return time.perf_counter() - started
-        time.sleep(0.5)
-    raise BenchError(f"the ONNX export of {model_id} was still pending after {timeout:.0f}s")
+    return json_or_raise(http.get(f"/train/jobs/{job_id}"), f"GET /train/jobs/{job_id}")
 
 
 def platform_run(
@@ -228,7 +213,7 @@ def platform_run(
 ) -> TrainingRun:
     body = {"dataset_id": dataset.dataset_id, "epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch}
     started = time.perf_counter()
-    job_id = _json_or_raise(http.post("/train/jobs", json=body), "POST /train/jobs")["job_id"]
+    job_id = json_or_raise(http.post("/train/jobs", json=body), "POST /train/jobs")["job_id"]
     running_at = last_epoch_at = None
     deadline = time.monotonic() + _RUN_TIMEOUT_S
     while True:
@@ -362,13 +347,13 @@ def measure_overhead(
     work_dir: Path,
 ) -> OverheadResult:
     result = OverheadResult(epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, threads=args.threads)
-    _log("warming up (untimed import of torch and ultralytics) ...")
+    log("warming up (untimed import of torch and ultralytics) ...")
     warm_up(work_dir, args.threads)
     for index in range(args.runs):
         # ABBA: platform, direct, direct, platform, ...
         order = ("platform", "direct") if index % 2 == 0 else ("direct", "platform")
         for kind in order:
-            _log(f"run {index + 1}/{args.runs}: {kind} ({args.epochs} epochs) ...")
+            log(f"run {index + 1}/{args.runs}: {kind} ({args.epochs} epochs) ...")
             pids = _mesh_pids(instance)
             mesh_cpu, bench_cpu = _cpu_seconds(pids), time.process_time()
             if kind == "platform":
@@ -380,9 +365,9 @@ def measure_overhead(
             if run.job_id:
                 model_id = _get_job(http, run.job_id).get("model_id")
                 if model_id:
-                    run.export_wait_s = _wait_for_export(http, str(model_id))
+                    run.export_wait_s = wait_for_export(http, str(model_id), _EXPORT_TIMEOUT_S)[1]
             loop = "" if run.loop_s is None else f", loop {run.loop_s:.1f}s"
-            _log(f"  {run.wall_s:.1f}s{loop}, threads {run.threads}, mesh CPU {run.mesh_cpu_s:.1f}s")
+            log(f"  {run.wall_s:.1f}s{loop}, threads {run.threads}, mesh CPU {run.mesh_cpu_s:.1f}s")
             result.runs.append(run)
 
     def median(kind: str, attribute: str) -> float | None:
@@ -533,11 +518,11 @@ def _marker_latencies(result: SseResult, received: list[tuple[int, str]], sent_n
 def measure_sse(http: httpx.Client, base_url: str, dataset: PreparedDataset, args: argparse.Namespace) -> SseResult:
     epochs = min(args.epochs * SSE_EPOCH_FACTOR, SSE_MAX_EPOCHS)
     body = {"dataset_id": dataset.dataset_id, "epochs": epochs, "imgsz": args.imgsz, "batch": args.batch}
-    job_id = _json_or_raise(http.post("/train/jobs", json=body), "POST /train/jobs")["job_id"]
+    job_id = json_or_raise(http.post("/train/jobs", json=body), "POST /train/jobs")["job_id"]
     log_file = Path(_get_job(http, job_id)["log_file"])
     result = SseResult(job_id=job_id, job_epochs=epochs, markers_written=args.markers)
     try:
-        _log(f"SSE: job {job_id} ({epochs} epochs): waiting for its worker to train ...")
+        log(f"SSE: job {job_id} ({epochs} epochs): waiting for its worker to train ...")
         _wait_for_log(log_file, "Training on ", timeout=300)
         follower = SseFollower(base_url, job_id)
         follower.start()
@@ -545,14 +530,14 @@ def measure_sse(http: httpx.Client, base_url: str, dataset: PreparedDataset, arg
             raise BenchError(f"the SSE stream sent nothing within 30 s: {follower.error!r}")
         time.sleep(0.5)  # let the replay of the existing lines finish
         epoch_before = _get_job(http, job_id).get("epochs_completed")
-        _log(f"SSE: writing {args.markers} markers ...")
+        log(f"SSE: writing {args.markers} markers ...")
         sent_ns = _write_markers(log_file, args.markers)
         time.sleep(0.5)  # the last markers' way through
         result.epochs_during_markers = f"{epoch_before} -> {_get_job(http, job_id).get('epochs_completed')}"
 
-        _log("SSE: stopping the job ...")
+        log("SSE: stopping the job ...")
         started = time.perf_counter()
-        _json_or_raise(http.post(f"/train/jobs/{job_id}/stop"), "POST stop")
+        json_or_raise(http.post(f"/train/jobs/{job_id}/stop"), "POST stop")
         stopped_ns = time.perf_counter_ns()
         result.stop_s = time.perf_counter() - started
         if follower.join(60) and follower.ended_ns is not None:
@@ -708,13 +693,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "?"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work_dir = Path(tempfile.mkdtemp(prefix="visionmesh-training-bench-"))
@@ -725,8 +703,8 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "machine": platform.machine(),
             "system": platform.platform(),
-            "torch": _version("torch"),
-            "ultralytics": _version("ultralytics"),
+            "torch": package_version("torch"),
+            "ultralytics": package_version("ultralytics"),
             "load_avg_1m_start": load_average(),
         },
         settings={
@@ -749,10 +727,10 @@ def main(argv: list[str] | None = None) -> int:
     instance = PlatformInstance(work_dir / "data", extra_env={"VM_TRAINING_WORKER_THREADS_PER_JOB": str(args.threads)})
     exit_code = 0
     try:
-        _log(f"starting the platform in {work_dir} ...")
+        log(f"starting the platform in {work_dir} ...")
         instance.start()
         with httpx.Client(base_url=instance.base_url, timeout=_HTTP_TIMEOUT_S, trust_env=False) as http:
-            _log(f"generating, uploading and preparing {args.images} images ...")
+            log(f"generating, uploading and preparing {args.images} images ...")
             report.dataset = upload_and_prepare(http, work_dir, args.images)
             if not args.skip_overhead:
                 report.overhead = measure_overhead(http, instance, report.dataset, args, work_dir)
@@ -762,10 +740,10 @@ def main(argv: list[str] | None = None) -> int:
         report.errors.append(f"{type(error).__name__}: {error}")
         exit_code = 1
     finally:
-        _log("stopping the platform ...")
+        log("stopping the platform ...")
         instance.stop()
         if args.keep:
-            _log(f"kept {work_dir}")
+            log(f"kept {work_dir}")
         else:
             shutil.rmtree(work_dir, ignore_errors=True)
     report.environment["bench_wall_s"] = round(time.perf_counter() - started, 1)

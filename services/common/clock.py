@@ -9,6 +9,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(microsecond=0, tzinfo=None)
 
 
+def utcnow_precise() -> datetime:
+    """utcnow() with its microseconds: for ordering events within one second, and timestamps that show them."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
 def iso(moment: datetime | None) -> str:
     """ISO 8601 in UTC without an offset, as the documents print it ("2024-01-15T12:34:56")."""
     return moment.isoformat(timespec="seconds") if moment else ""

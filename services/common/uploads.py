@@ -231,7 +231,11 @@ async def receive_file(
     named by the first message's `filename`, if any."""
     receiver = UploadReceiver(staging, max_bytes, raw_field="file", raw_filename=default_name)
     upload, first = await receive_upload(messages, body_of, receiver)
-    received = upload.single_file("file")
+    return client_named(upload.single_file("file"), first)
+
+
+def client_named(received: ReceivedFile, first: Any) -> ReceivedFile:
+    """The file named by the first message's `filename` (how native clients name a raw body), if it has one."""
     if getattr(first, "filename", ""):
-        received = dataclasses.replace(received, filename=clean_filename(first.filename, received.filename))
+        return dataclasses.replace(received, filename=clean_filename(first.filename, received.filename))
     return received

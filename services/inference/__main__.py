@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 from pathlib import Path
 
 import grpc
@@ -12,6 +10,7 @@ import structlog
 from visionmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 
 from services.common.grpc_server import run_service, serve
+from services.common.heap import keep_large_buffers_on_the_heap
 from services.common.storage.db import create_db_engine, database_probe, migrate, session_factory
 from services.common.triton.settings import TritonSettings
 from services.inference.clients import ModelCatalog, TritonLink
@@ -31,17 +30,6 @@ from services.training.settings import TrainingSettings
 log = structlog.get_logger("inference")
 
 _SWEEP_INTERVAL_S = 3600.0
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-
-
-def keep_large_buffers_on_the_heap() -> None:
-    """Each request builds multi-MB tensors (a 640x640 float32 image is 4.9 MB). With glibc's defaults every
-    one is a fresh mmap and costs thousands of page faults; measured: 14 -> 7 CPU ms per image outside the
-    model. (Triton gets the same through its environment: services/common/triton/server.py.)"""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, 64 << 20)
-        libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20)
 
 
 async def sweep_uploads(uploads: UploadStore, retention_hours: float) -> None:
@@ -75,6 +63,7 @@ async def main(settings: InferenceSettings) -> None:
         video_limits=VideoLimits(settings.max_video_pixels, settings.max_video_frames),
         video_pipeline_depth=settings.video_pipeline_depth,
         max_batch_images=settings.max_batch_images,
+        max_inline_video_bytes=settings.max_inline_video_bytes,
     )
 
     async def run_task(task: TaskRecord, sample, output: Path) -> None:

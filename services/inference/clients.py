@@ -121,10 +121,6 @@ class TritonLink:
     def connected(self) -> bool:
         return self._connected
 
-    @property
-    def address(self) -> str:
-        return self._address
-
     async def watch(self) -> None:
         """Probe Triton once a second, so that requests fail fast while it is down and `connected` (the
         002 document's ssh_connected) tells the truth."""
@@ -247,7 +243,8 @@ class TritonLink:
         status = (error.status() or "").upper()
         message = _brief(error.message() or str(error))
         if "UNAVAILABLE" in status or "DEADLINE" in status or "CANCELLED" in status:
-            self._connected = self._connected and "UNAVAILABLE" not in status
+            if "UNAVAILABLE" in status:
+                self._connected = False
             return Unavailable(f"{what}: the model server (Triton at {self._address}) did not answer ({message})")
         return Conflict(f"{what}: {message}")
 

@@ -7,7 +7,6 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -17,42 +16,57 @@ from google.protobuf import struct_pb2
 from visionmesh.inference.v1 import inference_pb2 as pb
 from visionmesh.inference.v1 import inference_pb2_grpc
 
-from services.common.clock import iso
-from services.common.errors import InvalidArgument, PayloadTooLarge, ServiceError
+from services.common.clock import iso, utcnow_precise
+from services.common.errors import InvalidArgument, ServiceError
 from services.common.grpc_http import stream_download
 from services.common.messages import nullable
-from services.common.uploads import ReceivedFile, ReceivedUpload, UploadReceiver, receive_upload
+from services.common.uploads import ReceivedFile, ReceivedUpload, UploadReceiver, client_named, receive_upload
 from services.inference.clients import TritonLink
 from services.inference.domain.detection import Detection, draw_detections, encode_jpeg
 from services.inference.domain.engine import AnnotatedFrame, Thresholds
-from services.inference.domain.service import InferenceService, VideoAssembly, VideoResult
+from services.inference.domain.service import ImageResult, InferenceService, VideoAssembly
 from services.inference.domain.tasks import TaskQueue
 from services.inference.settings import InferenceSettings
 
+_RAW_BODY_NAME = "upload"  # a non-multipart body, until the client's `filename` names it
+
+
+def _rounded(detection: Detection) -> tuple[float, dict[str, float]]:
+    """Confidence to 4 decimals and box corners to 1/100 pixel: what every answer prints."""
+    corners = {"x1": detection.x1, "y1": detection.y1, "x2": detection.x2, "y2": detection.y2}
+    return round(detection.confidence, 4), {name: round(value, 2) for name, value in corners.items()}
+
 
 def _detection(detection: Detection) -> pb.Detection:
+    confidence, box = _rounded(detection)
     return pb.Detection(
         class_id=detection.class_id,
         class_name=detection.class_name,
-        confidence=round(detection.confidence, 4),
-        bbox=pb.BoundingBox(
-            x1=round(detection.x1, 2), y1=round(detection.y1, 2), x2=round(detection.x2, 2), y2=round(detection.y2, 2)
-        ),
+        confidence=confidence,
+        bbox=pb.BoundingBox(**box),
     )
 
 
 def _detection_json(detection: Detection) -> dict[str, object]:
-    return {
-        "class_id": detection.class_id,
-        "class_name": detection.class_name,
-        "confidence": round(detection.confidence, 4),
-        "bbox": {
-            "x1": round(detection.x1, 2),
-            "y1": round(detection.y1, 2),
-            "x2": round(detection.x2, 2),
-            "y2": round(detection.y2, 2),
-        },
-    }
+    """The same as _detection, for the JSON of an SSE event."""
+    confidence, box = _rounded(detection)
+    return {"class_id": detection.class_id, "class_name": detection.class_name, "confidence": confidence, "bbox": box}
+
+
+def _exported_detection(detection: Detection) -> pb.ExportedDetection:
+    confidence, box = _rounded(detection)
+    return pb.ExportedDetection(class_id=detection.class_id, class_name=detection.class_name, conf=confidence, **box)
+
+
+def _infer_response(result: ImageResult) -> pb.InferResponse:
+    return pb.InferResponse(
+        model_id=result.model_id, image_path=result.image_path, detections=map(_detection, result.detections)
+    )
+
+
+def _images(upload: ReceivedUpload) -> list[ReceivedFile]:
+    """The images of a multi-image request: fields `files` (documented), or `file`."""
+    return [received for received in upload.files if received.field in ("files", "file")]
 
 
 def _sse(data: dict[str, object], event: str = "") -> httpbody_pb2.HttpBody:
@@ -79,13 +93,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def _receive(
         self, messages: AsyncIterator[pb.InferRequest], staging: Path, raw_field: str, max_bytes: int
     ) -> tuple[ReceivedUpload, pb.InferRequest, Thresholds]:
-        receiver = UploadReceiver(staging, max_bytes, raw_field=raw_field, raw_filename="upload")
+        receiver = UploadReceiver(staging, max_bytes, raw_field=raw_field, raw_filename=_RAW_BODY_NAME)
         upload, first = await receive_upload(messages, lambda message: message.body, receiver)
-        if first.filename:
-            upload.files[:] = [
-                ReceivedFile(f.field, first.filename, f.path, f.size) if f.filename == "upload" else f
-                for f in upload.files
-            ]
+        upload.files[:] = [client_named(f, first) if f.filename == _RAW_BODY_NAME else f for f in upload.files]
         thresholds = self._service.engine.thresholds(
             _parse_threshold(upload, first, "conf"), _parse_threshold(upload, first, "iou")
         )
@@ -99,9 +109,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 request_iterator, staging, "file", self._settings.max_image_upload_bytes
             )
             result = await self._service.infer_image(first.model_id, upload.single_file("file"), thresholds)
-        return pb.InferResponse(
-            model_id=result.model_id, image_path=result.image_path, detections=map(_detection, result.detections)
-        )
+        return _infer_response(result)
 
     async def InferBatch(
         self, request_iterator: AsyncIterator[pb.InferRequest], context: grpc.aio.ServicerContext
@@ -112,15 +120,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             )
             results = await self._service.infer_batch(
                 upload.fields.get("model_ids", ""),
-                [f for f in upload.files if f.field in ("files", "file")],
+                _images(upload),
                 thresholds,
             )
-        return pb.BatchInferResponse(
-            results=[
-                pb.InferResponse(model_id=r.model_id, image_path=r.image_path, detections=map(_detection, r.detections))
-                for r in results
-            ]
-        )
+        return pb.BatchInferResponse(results=map(_infer_response, results))
 
     async def InferVideo(
         self, request_iterator: AsyncIterator[pb.InferRequest], context: grpc.aio.ServicerContext
@@ -130,19 +133,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 request_iterator, staging, "file", self._settings.max_video_upload_bytes
             )
             video = upload.single_file("file")
-            result: VideoResult = await self._service.annotate_video_file(
+            result, video_data = await self._service.annotate_video_inline(
                 first.model_id, video.path, thresholds, staging
             )
-            if result.video_path.stat().st_size > self._settings.max_inline_video_bytes:
-                raise PayloadTooLarge(
-                    f"The annotated video is {result.video_path.stat().st_size / 2**20:.1f} MiB, over the "
-                    f"{self._settings.max_inline_video_bytes / 2**20:.0f} MiB limit of an inline answer: use "
-                    f"POST /infer/video/{first.model_id}/stream"
-                )
-            video_data = await asyncio.to_thread(lambda: base64.b64encode(result.video_path.read_bytes()).decode())
         return pb.VideoInferResponse(
             model_id=first.model_id,
-            video_data=video_data,
+            video_data=base64.b64encode(video_data).decode(),
             stats=pb.VideoStats(
                 total_frames=len(result.detections_per_frame),
                 detections_per_frame=result.detections_per_frame,
@@ -190,9 +186,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             upload, first, thresholds = await self._receive(
                 request_iterator, staging, "files", self._settings.max_image_upload_bytes
             )
-            session = await self._service.export_session(
-                first.model_id, [f for f in upload.files if f.field in ("files", "file")], thresholds
-            )
+            session = await self._service.export_session(first.model_id, _images(upload), thresholds)
         return pb.ExportSession(
             session_id=session.session_id,
             session_dir=str(session.directory),
@@ -204,18 +198,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     image_width=image.image_width,
                     image_height=image.image_height,
                     detection_count=image.detection_count,
-                    detections=[
-                        pb.ExportedDetection(
-                            class_id=d.class_id,
-                            class_name=d.class_name,
-                            conf=round(d.confidence, 4),
-                            x1=round(d.x1, 2),
-                            y1=round(d.y1, 2),
-                            x2=round(d.x2, 2),
-                            y2=round(d.y2, 2),
-                        )
-                        for d in image.detections
-                    ],
+                    detections=map(_exported_detection, image.detections),
                 )
                 for image in session.images
             ],
@@ -391,6 +374,4 @@ class TaskServicer(inference_pb2_grpc.TaskServiceServicer):
         )
 
     async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthResponse:
-        return pb.HealthResponse(
-            status="healthy", timestamp=datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
-        )
+        return pb.HealthResponse(status="healthy", timestamp=utcnow_precise().isoformat(timespec="microseconds"))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tritonclient.grpc.aio import InferenceServerClient
 
+from services.common.heap import MALLOC_ENVIRONMENT
 from services.common.triton.settings import TritonSettings
 
 # The server waits this long for in-flight requests on SIGTERM: under the launcher's 15 s before it kills.
@@ -93,9 +94,6 @@ def server_command(settings: TritonSettings) -> list[str]:
     return command
 
 
-MALLOC_KEEP_BUFFERS = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
-
-
 def server_environment() -> dict[str, str]:
     """Variables to lay over the environment for the server, so its Python-backend stubs run this
     interpreter: its libpython first (not the system's, of another patch release), then the wheel's own
@@ -107,9 +105,8 @@ def server_environment() -> dict[str, str]:
     return {
         "LD_LIBRARY_PATH": _search_path(libraries, os.environ.get("LD_LIBRARY_PATH")),
         "PATH": _search_path([str(Path(sys.executable).parent)], os.environ.get("PATH")),
-        # Every request moves multi-MB tensors; with glibc's defaults each buffer is a fresh mmap, paid for in
-        # thousands of page faults per image. Keep them on the heap (also for the stubs, which inherit this).
-        **MALLOC_KEEP_BUFFERS,
+        # Multi-MB tensors per request stay on the heap (the stubs inherit this too).
+        **MALLOC_ENVIRONMENT,
     }
 
 

@@ -112,6 +112,7 @@ class InferenceService:
         video_limits: VideoLimits,
         video_pipeline_depth: int,
         max_batch_images: int,
+        max_inline_video_bytes: int,
     ) -> None:
         self.engine = engine
         self.uploads = uploads
@@ -122,6 +123,7 @@ class InferenceService:
         self._work_root = work_root
         self._depth = video_pipeline_depth
         self._max_batch_images = max_batch_images
+        self._max_inline_video_bytes = max_inline_video_bytes
 
     @contextmanager
     def staging(self) -> Iterator[Path]:
@@ -210,6 +212,19 @@ class InferenceService:
         await asyncio.to_thread(writer.close)
         log.info("video annotated", model_id=model_id, frames=len(counts), detections=sum(counts))
         return VideoResult(info, output, counts)
+
+    async def annotate_video_inline(
+        self, model_id: str, source: Path, thresholds: Thresholds, staging: Path
+    ) -> tuple[VideoResult, bytes]:
+        """The annotated video's bytes, for an answer that carries it inline; 413 beyond the inline limit."""
+        result = await self.annotate_video_file(model_id, source, thresholds, staging)
+        size = result.video_path.stat().st_size
+        if size > self._max_inline_video_bytes:
+            raise PayloadTooLarge(
+                f"The annotated video is {size / 2**20:.1f} MiB, over the {self._max_inline_video_bytes / 2**20:.0f}"
+                f" MiB limit of an inline answer: use POST /infer/video/{model_id}/stream"
+            )
+        return result, await asyncio.to_thread(result.video_path.read_bytes)
 
     # -- export sessions ---------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.common.clock import utcnow_precise
 from services.common.downloads import Download, file_chunks
 from services.common.errors import Conflict, InvalidArgument, NotFound, ServiceError, Unavailable
 from services.common.storage.db import paged, transaction
@@ -106,11 +107,6 @@ class QueueStats:
 TaskRunner = Callable[[TaskRecord, Sample, Path], Awaitable[None]]
 
 
-def _now() -> datetime:
-    # Unlike clock.utcnow(), microseconds are kept: tasks submitted within one second stay in order.
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
 def _describe(error: Exception) -> str:
     """A failed task's error_message: a domain error's own words; for anything else its type as well, which
     says more than, say, a bare KeyError's "'boxes'"."""
@@ -172,7 +168,7 @@ class TaskQueue:
                 model_id=model_id,
                 status=TaskStatus.PENDING,
                 attempts=0,
-                created_at=_now(),
+                created_at=utcnow_precise(),  # tasks submitted within one second stay in order
             )
             session.add(row)
             return TaskRecord.of(row)
@@ -297,7 +293,7 @@ class TaskQueue:
             ).first()
             if row is None:
                 return None
-            row.status, row.attempts, row.started_at = TaskStatus.PROCESSING, row.attempts + 1, _now()
+            row.status, row.attempts, row.started_at = TaskStatus.PROCESSING, row.attempts + 1, utcnow_precise()
             return TaskRecord.of(row)
 
     async def _process(self, record: TaskRecord) -> None:
@@ -341,7 +337,9 @@ class TaskQueue:
 
     def _finish(self, task_id: str, **changes: Any) -> None:
         with transaction(self._db) as session:
-            session.execute(update(TaskRow).where(TaskRow.task_id == task_id).values(completed_at=_now(), **changes))
+            session.execute(
+                update(TaskRow).where(TaskRow.task_id == task_id).values(completed_at=utcnow_precise(), **changes)
+            )
 
     # -- start-up ------------------------------------------------------------------------------------------
 
@@ -357,7 +355,7 @@ class TaskQueue:
                     row.status, row.started_at = TaskStatus.PENDING, None
                     log.warning("inference task interrupted; queued again", task_id=row.task_id, attempts=row.attempts)
                 else:
-                    row.status, row.completed_at = TaskStatus.FAILED, _now()
+                    row.status, row.completed_at = TaskStatus.FAILED, utcnow_precise()
                     row.error_message = f"interrupted {row.attempts} times (the service stopped while it ran)"
                     log.warning("inference task interrupted too often; failed", task_id=row.task_id)
             completed = set(session.scalars(select(TaskRow.task_id).where(TaskRow.status == TaskStatus.COMPLETED)))
