@@ -24,7 +24,9 @@ RUN pip install "uv==0.13.9"
 # lock.txt changes, not on every code edit. Bytecode is compiled now (UV_COMPILE_BYTECODE) because the
 # non-root runtime user cannot write __pycache__ into site-packages, so every start would recompile.
 COPY requirements/lock.txt requirements/lock.txt
-RUN uv pip install --system -r requirements/lock.txt
+# `sync`, not `install`: the lock is complete and must not be re-resolved (requirements/excludes.txt keeps a
+# dependency out on purpose).
+RUN uv pip sync --system requirements/lock.txt
 
 COPY . .
 

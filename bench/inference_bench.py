@@ -28,7 +28,7 @@ counts so the paths can be compared.
                    connection), straight to the inference service: the REST path minus Envoy/transcoding.
      grpc-envoy    the same call through Envoy's shared port (native gRPC, no transcoding).
      triton        tritonclient.grpc straight to Triton, a client per worker; the worker decodes the JPEG,
-                   letterboxes (services.inference.domain.detection.decode_image + letterbox, as the service
+                   letterboxes (services.common.images.decode_image + detection.letterbox, as the service
                    does) and runs `postprocess` itself: the model server alone, without the inference service.
    The levels run in order and, within a level, the paths one after another, so one level's paths are
    measured close together in time.
@@ -117,7 +117,8 @@ from bench.benchlib import (
     write_json,
 )
 from launcher.instance import PlatformInstance
-from services.inference.domain.detection import decode_image, letterbox, postprocess
+from services.common.images import decode_image
+from services.inference.domain.detection import letterbox, postprocess
 from services.training.ultralytics_env import ultralytics_environment
 from tests import datagen
 

@@ -2,9 +2,12 @@
 --
 -- 1. Services put the HTTP status they mean in the `x-vm-http-status` metadata (Envoy's fixed gRPC->HTTP
 --    table has no 409 or 413); apply it to REST responses and never show the header to clients.
--- 2. The transcoder renders a gRPC error as {"code": N, "message": "...", "details": []}; the documents
+-- 2. The transcoder renders a gRPC error as {"code": N, "message": "...", "details": [...]}; the documents
 --    promise {"detail": "..."}. The message is already a JSON string literal, so it is copied as is.
+-- 3. Document 004's routes answer errors in their own envelope, which the service sends as the status's one
+--    detail (visionmesh.envelope.v1.ErrorEnvelope): that object, without its "@type", becomes the body.
 local STATUS_HEADER = "x-vm-http-status"
+local ENVELOPE_DETAIL = '"details":[{"@type":"type.googleapis.com/visionmesh.envelope.v1.ErrorEnvelope",'
 
 local function string_literal_at(text, quote_index)
   local i = quote_index + 1
@@ -47,7 +50,13 @@ function envoy_on_response(handle)
     return
   end
   local text = body:getBytes(0, body:length())
-  if text:sub(1, 8) ~= '{"code":' then
+  -- Not a transcoded gRPC error, or already an envelope (its code is negative).
+  if text:sub(1, 8) ~= '{"code":' or text:sub(9, 9) == "-" then
+    return
+  end
+  local _, envelope_end = text:find(ENVELOPE_DETAIL, 1, true)
+  if envelope_end ~= nil and text:sub(-3) == "}]}" then
+    body:setBytes("{" .. text:sub(envelope_end + 1, -3))
     return
   end
   local key = text:find('"message":"', 1, true)

@@ -87,6 +87,39 @@ def _cluster(upstream: Upstream) -> dict[str, Any]:
     }
 
 
+# Routes of document 004, whose errors are its envelope {"code": -3000, "status", "message", "payload": {"err"}}.
+ENVELOPE_PATHS = r"/(imgSeg/|ingest).*"  # Envoy regexes match the whole path
+
+
+def _envelope_reply_mappers() -> list[dict[str, Any]]:
+    """Errors Envoy produces itself on document 004's routes, in that document's envelope: a body the transcoder
+    cannot parse is err 806 (data format error), anything else (unknown route, service down) err 808. Only REST
+    requests have such a path (in x-envoy-original-path once transcoded); native gRPC paths are /<service>/."""
+    on_envelope_path = {
+        "or_filter": {
+            "filters": [
+                {"header_filter": {"header": {"name": name, "string_match": {"safe_regex": {"regex": ENVELOPE_PATHS}}}}}
+                for name in ("x-envoy-original-path", ":path")
+            ]
+        }
+    }
+    bad_request = {
+        "status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": 400, "runtime_key": "_"}}}
+    }
+
+    def envelope(err: int) -> dict[str, Any]:
+        payload = {"err": err, "detail": "%LOCAL_REPLY_BODY%"}
+        return {"json_format": {"code": -3000, "status": "%RESPONSE_CODE%", "message": "失败", "payload": payload}}
+
+    return [
+        {
+            "filter": {"and_filter": {"filters": [on_envelope_path, bad_request]}},
+            "body_format_override": envelope(806),
+        },
+        {"filter": on_envelope_path, "body_format_override": envelope(808)},
+    ]
+
+
 def _route(prefix: str, cluster: str) -> dict[str, Any]:
     # timeout 0s: no deadline from the gateway; streams (SSE, downloads) may run as long as they need.
     return {"match": {"prefix": prefix}, "route": {"cluster": cluster, "timeout": "0s"}}
@@ -132,6 +165,7 @@ def render(settings: GatewaySettings, descriptor_path: Path | None = None) -> di
         # one it refused still has its own content type. Native gRPC clients keep Envoy's grpc-message.
         "local_reply_config": {
             "mappers": [
+                *_envelope_reply_mappers(),
                 {
                     "filter": {
                         "or_filter": {
@@ -151,7 +185,7 @@ def render(settings: GatewaySettings, descriptor_path: Path | None = None) -> di
                         }
                     },
                     "body_format_override": {"json_format": {"detail": "%LOCAL_REPLY_BODY%"}},
-                }
+                },
             ]
         },
         "route_config": {

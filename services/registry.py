@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from services.common.settings import ServiceSettings
+from services.common.settings import GrpcServerSettings
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class MeshService:
     proto_package: str  # every gRPC service in this package is served by this process
     settings_class: str  # "module:Class"
 
-    def settings(self) -> ServiceSettings:
+    def settings(self) -> GrpcServerSettings:
         module, _, cls = self.settings_class.partition(":")
         return getattr(importlib.import_module(module), cls)()
 
@@ -31,6 +31,13 @@ MESH_SERVICES: tuple[MeshService, ...] = (
     MeshService(
         "inference", "services.inference", "visionmesh.inference.v1", "services.inference.settings:InferenceSettings"
     ),
+    MeshService(
+        "segmentation",
+        "services.segmentation",
+        "visionmesh.segmentation.v1",
+        "services.segmentation.settings:SegmentationSettings",
+    ),
+    MeshService("ocr", "services.ocr", "visionmesh.ocr.v1", "services.ocr.settings:OcrSettings"),
 )
 
 

@@ -1,6 +1,5 @@
-"""Fonts for drawing text into images: Noto Sans CJK (Chinese, Japanese, Korean and Latin) from the
-cvttf-NotoSansCJK-Regular wheel, so no system font package is needed; DejaVu Sans Bold from Pillow's own
-search path when present, for variety in rendered components."""
+"""The font for drawing text into images: Noto Sans CJK (Chinese, Japanese, Korean and Latin) from the
+cvttf-NotoSansCJK-Regular wheel, so no system font package is needed."""
 
 from __future__ import annotations
 

@@ -13,10 +13,13 @@ from uuid import uuid4
 
 import grpc
 import structlog
+from google.protobuf import any_pb2, json_format, struct_pb2
+from google.rpc import status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from services.common.envelope import EnvelopeError
 from services.common.errors import ServiceError
 from services.common.logging import configure_logging
 from services.common.settings import GrpcServerSettings
@@ -27,6 +30,8 @@ log = structlog.get_logger(__name__)
 # Trailing metadata that tells the gateway which HTTP status to answer with (Envoy's fixed gRPC->HTTP table
 # has no 409 or 413); envoy/error_shape.lua applies it and removes it.
 HTTP_STATUS_METADATA = "x-vm-http-status"
+# gRPC's rich error model: a serialized google.rpc.Status with typed details.
+_STATUS_DETAILS_METADATA = "grpc-status-details-bin"
 
 _STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -97,8 +102,23 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception, outcome: d
         http_status, detail = 500, f"Internal server error (request id {request_id})"
     code = _STATUS_CODES.get(http_status, grpc.StatusCode.INTERNAL)
     outcome["status"] = f"{code.name} {http_status}: {detail}"
-    context.set_trailing_metadata(((HTTP_STATUS_METADATA, str(http_status)),))
+    metadata = [(HTTP_STATUS_METADATA, str(http_status))]
+    if isinstance(error, EnvelopeError):
+        metadata.append((_STATUS_DETAILS_METADATA, _envelope_status(code, error).SerializeToString()))
+    context.set_trailing_metadata(tuple(metadata))
     await context.abort(code, detail)
+
+
+def _envelope_status(code: grpc.StatusCode, error: EnvelopeError) -> status_pb2.Status:
+    """The rich gRPC status of a 004 failure: its envelope as the one detail (the gateway shows it as the body)."""
+    from visionmesh.envelope.v1 import envelope_pb2
+
+    fields = error.envelope()
+    envelope = envelope_pb2.ErrorEnvelope(code=fields["code"], status=fields["status"], message=fields["message"])
+    envelope.payload.CopyFrom(json_format.ParseDict(fields["payload"], struct_pb2.Struct()))
+    detail = any_pb2.Any()
+    detail.Pack(envelope)
+    return status_pb2.Status(code=code.value[0], message=error.detail, details=[detail])
 
 
 def _wrap_unary(behavior: Callable, method: str, request_id: str) -> Callable:

@@ -58,3 +58,17 @@ class ServiceSettings(GrpcServerSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_root / 'db' / f'{service}.sqlite3'}"
+
+
+class UrlFetchSettings(BaseSettings):
+    """How services fetch the image URLs callers give them (document 004's image_url inputs): mesh-wide `VM_FETCH_*`
+    variables, so one allow-list covers every service."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    # Largest image fetched (bytes), and the time allowed for the whole fetch (DNS, redirects, body).
+    fetch_max_bytes: int = Field(32 * 1024**2, validation_alias="VM_FETCH_MAX_BYTES")
+    fetch_timeout_seconds: float = Field(10.0, validation_alias="VM_FETCH_TIMEOUT_SECONDS")
+    # Addresses fetched although not public (comma-separated CIDRs, e.g. "10.0.0.0/8,127.0.0.1/32"). Loopback,
+    # private, link-local and other non-global addresses are refused unless listed here.
+    fetch_allowed_networks: str = Field("", validation_alias="VM_FETCH_ALLOWED_NETWORKS")

@@ -12,8 +12,9 @@ from visionmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.common.grpc_server import run_service, serve
 from services.common.heap import keep_large_buffers_on_the_heap
 from services.common.storage.db import create_db_engine, database_probe, migrate, session_factory
+from services.common.triton.link import TritonLink
 from services.common.triton.settings import TritonSettings
-from services.inference.clients import ModelCatalog, TritonLink
+from services.inference.clients import ModelCatalog
 from services.inference.domain.engine import DetectionEngine, Thresholds
 from services.inference.domain.samples import SampleSet
 from services.inference.domain.service import InferenceService

@@ -20,8 +20,8 @@ from services.common.clock import iso, utcnow_precise
 from services.common.errors import InvalidArgument, ServiceError
 from services.common.grpc_http import stream_download
 from services.common.messages import nullable
+from services.common.triton.link import TritonLink
 from services.common.uploads import ReceivedFile, ReceivedUpload, UploadReceiver, client_named, receive_upload
-from services.inference.clients import TritonLink
 from services.inference.domain.detection import Detection, draw_detections, encode_jpeg
 from services.inference.domain.engine import AnnotatedFrame, Thresholds
 from services.inference.domain.service import ImageResult, InferenceService, VideoAssembly

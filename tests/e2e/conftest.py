@@ -9,6 +9,7 @@ shapes they draw, so their assertions can be about where the objects are.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -16,6 +17,9 @@ import pytest
 
 from tests import datagen
 from tests.e2e.api import prepared
+from tests.e2e.segmentation_data import ImageServer, image_server, wait_for_training
+
+DEFAULT_CLASSIFIER = "Train-imgSeg-default"
 
 SHAPES_IMGSZ = 128
 
@@ -52,3 +56,18 @@ def shapes_model(http: httpx.Client) -> TrainedModel:
     assert job["status"] == "completed", job
     wait_for_export(http, job["model_id"])
     return TrainedModel(job["model_id"], job, version)
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageServer]:
+    """A local web server the 004 routes fetch image_url inputs from."""
+    with image_server(tmp_path_factory.mktemp("served")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def default_classifier(http: httpx.Client) -> dict:
+    """The built-in component classifier, which the segmentation service trains at its first start."""
+    progress = wait_for_training(http, DEFAULT_CLASSIFIER, timeout=1200)
+    assert progress["task_status"] == 200 and progress["model_ready"], progress
+    return progress

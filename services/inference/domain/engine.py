@@ -15,10 +15,10 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from services.common.aio import iterate_in_thread
+from services.common.images import decode_image
 from services.inference.domain.detection import (
     Detection,
     check_thresholds,
-    decode_image,
     draw_detections,
     letterbox,
     postprocess,

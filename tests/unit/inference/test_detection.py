@@ -22,15 +22,14 @@ import pytest
 from PIL import Image, ImageFile, ImageOps
 
 from services.common.errors import InvalidArgument
+from services.common.images import decode_image, image_size
 from services.inference.domain import detection
 from services.inference.domain.detection import (
     Detection,
     Letterbox,
     check_thresholds,
-    decode_image,
     draw_detections,
     encode_jpeg,
-    image_size,
     letterbox,
     postprocess,
 )
