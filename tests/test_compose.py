@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway import envoy_config
 from gateway.settings import GatewaySettings
-from services.common.settings import REPO_ROOT
+from services.common.settings import REPO_ROOT, ServiceSettings
 from services.registry import MESH_SERVICES, MeshService
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
@@ -87,7 +87,11 @@ def test_mesh_service_runs_its_module(services: dict[str, dict[str, Any]], mesh_
     assert command_args(service) == ["python", "-m", mesh_service.module]
 
 
-@pytest.mark.parametrize("mesh_service", MESH_SERVICES, ids=lambda s: s.name)
+# Services that keep metadata (the OCR service keeps none).
+STATEFUL_SERVICES = [service for service in MESH_SERVICES if issubclass(type(service.settings()), ServiceSettings)]
+
+
+@pytest.mark.parametrize("mesh_service", STATEFUL_SERVICES, ids=lambda s: s.name)
 def test_mesh_service_uses_postgres(services: dict[str, dict[str, Any]], mesh_service: MeshService) -> None:
     service = services[mesh_service.name]
     url = environment(service).get(f"VM_{mesh_service.name.upper()}_DATABASE_URL", "")
@@ -221,11 +225,12 @@ def test_dockerfile_installs_the_lock_file_and_generates_protos() -> None:
     assert instructions[0] == ("FROM", "python:3.11-slim-bookworm")
     runs = [args for op, args in instructions if op == "RUN"]
     assert 'pip install "uv==0.13.9"' in runs
-    assert "uv pip install --system -r requirements/lock.txt" in runs
+    # sync: the lock is installed exactly as written, never re-resolved (requirements/excludes.txt).
+    assert "uv pip sync --system requirements/lock.txt" in runs
     assert "python protos/generate.py" in runs
     # Layer caching: the lock file alone is copied before the install, the source only after it.
     order = [f"{op} {args}" for op, args in instructions]
-    install = order.index("RUN uv pip install --system -r requirements/lock.txt")
+    install = order.index("RUN uv pip sync --system requirements/lock.txt")
     assert order.index("COPY requirements/lock.txt requirements/lock.txt") < install < order.index("COPY . .")
     assert order.index("COPY . .") < order.index("RUN python protos/generate.py")
 

@@ -56,5 +56,5 @@ def configure_logging(component: str, settings: CommonSettings) -> None:
     root.handlers = [handler]
     root.setLevel(settings.log_level.upper())
     # Libraries that are chatty at INFO.
-    for noisy in ("alembic.runtime.migration", "PIL", "multipart", "python_multipart"):
+    for noisy in ("alembic.runtime.migration", "PIL", "multipart", "python_multipart", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

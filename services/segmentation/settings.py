@@ -45,7 +45,7 @@ class SegmentationSettings(ServiceSettings, UrlFetchSettings):
     default_model_id: str = ""
     # The built-in classifier's training: epochs, rendered images per component type (training and held-out).
     builtin_epochs: int = 6
-    builtin_per_class: int = 120
+    builtin_per_class: int = 200
     builtin_heldout_per_class: int = 40
     # Rendered images per type added to every user training, next to the added training resources.
     training_rendered_per_class: int = 60

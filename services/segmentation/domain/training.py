@@ -9,7 +9,8 @@ One training runs at a time (the document's err 800 refuses a second): `run` is 
 takes the oldest row with status 300 and runs `python -m services.segmentation.worker <dir>` for it. The
 worker reports through files in the directory: progress.json after each epoch (copied into the row about
 once a second, for the query API), model.onnx and result.json at the end; its exit code says how it ended
-(0 done, 3 stopped by SIGTERM, anything else failed; its output is kept in worker.log). A produced model is
+(0 done; 3 stopped by SIGTERM, with the best model so far if an epoch ended; anything else failed, the end of
+its output, kept in worker.log, then says why). A produced model is
 written into Triton's model repository under the task id -- which from then on is a model id
 (model_ready) -- and `on_model_ready(task id)` lets the service load it.
 
@@ -19,8 +20,8 @@ a training launched `max_attempts` times without ending is marked failed. A clea
 stops the worker with SIGTERM (it saves its position within the epoch) and gives the attempt back.
 
 The built-in classifier (DEFAULT_MODEL_ID) is an ordinary training of rendered components only (no
-downloads), created by `ensure_builtin` at the first start; `resolve_model("")` names it unless the
-operator configured another default.
+downloads), created by `ensure_builtin` at the first start (and queued again at a start after it failed);
+`resolve_model("")` names it unless the operator configured another default.
 """
 
 from __future__ import annotations
@@ -468,12 +469,14 @@ class TrainingManager:
             raise
         await self._record_progress(running)
         task_id = running.task_id
-        if self._shutting_down and not running.stop_requested:
+        if code == 0:
+            await self._finish(task_id, TaskStatus.DONE)
+        elif running.stop_requested:
+            await self._finish(task_id, TaskStatus.STOPPED)
+        elif self._shutting_down:
             await asyncio.to_thread(self._update, task_id, attempts=TrainingTaskRow.attempts - 1)
             log.info("classifier training interrupted by shut-down; resumes at the next start", task_id=task_id)
-        elif code == 0:
-            await self._finish(task_id, TaskStatus.DONE)
-        elif code == STOPPED_EXIT_CODE or running.stop_requested:
+        elif code == STOPPED_EXIT_CODE:  # someone else sent the worker SIGTERM: a stop all the same
             await self._finish(task_id, TaskStatus.STOPPED)
         else:
             tail = await asyncio.to_thread(_log_tail, self._files.training_dir(task_id) / WORKER_LOG)
