@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
+from urllib.parse import parse_qsl
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -86,6 +87,7 @@ class UploadReceiver:
         self._part_path: Path | None = None
         self._part_size = 0
         self._field_value = bytearray()
+        self._form: bytearray | None = None  # an application/x-www-form-urlencoded body: fields only
 
     def start(self, content_type: str) -> None:
         media_type, options = parse_options_header(content_type or "application/octet-stream")
@@ -95,6 +97,8 @@ class UploadReceiver:
             if not boundary:
                 raise InvalidArgument("multipart/form-data body without a boundary")
             self._parser = MultipartParser(boundary, self._callbacks())
+        elif media == "application/x-www-form-urlencoded":
+            self._form = bytearray()
         elif media in (
             "application/zip",
             "application/x-zip-compressed",
@@ -115,6 +119,11 @@ class UploadReceiver:
         if self._raw is not None:
             self._raw.write(data)
             return
+        if self._form is not None:
+            if len(self._form) + len(data) > _MAX_FIELD_BYTES:
+                raise InvalidArgument(f"A form-urlencoded body may hold at most {_human(_MAX_FIELD_BYTES)}")
+            self._form += data
+            return
         assert self._parser is not None
         try:
             self._parser.write(data)
@@ -126,6 +135,11 @@ class UploadReceiver:
             self._raw.close()
             raw = self._result.files[0]
             self._result.files[0] = ReceivedFile(raw.field, raw.filename, raw.path, self._received)
+        elif self._form is not None:
+            try:
+                self._result.fields.update(parse_qsl(self._form.decode(), keep_blank_values=True, strict_parsing=False))
+            except UnicodeDecodeError as error:
+                raise InvalidArgument("The form body is not UTF-8") from error
         elif self._parser is None:
             raise InvalidArgument("Empty request body")
         elif not self._complete:

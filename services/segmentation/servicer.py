@@ -3,7 +3,6 @@ envelope (services/common/envelope.py), nothing more."""
 
 from __future__ import annotations
 
-import mimetypes
 from collections.abc import AsyncIterator
 from typing import Any
 from uuid import uuid4
@@ -15,7 +14,6 @@ from visionmesh.segmentation.v1 import segmentation_pb2 as pb
 from visionmesh.segmentation.v1 import segmentation_pb2_grpc
 
 from services.common.envelope import EnvelopeError, Err, TaskStatus, envelope_errors, success
-from services.common.errors import NotFound
 from services.common.grpc_http import stream_download
 from services.common.uploads import UploadReceiver, receive_upload
 from services.segmentation.domain.ingest import DOCUMENT_TIME_FORMAT, IngestState, IngestTasks
@@ -124,15 +122,10 @@ class IngestServicer(segmentation_pb2_grpc.IngestServiceServicer):
             payload.detail = state.detail or ""
         return success(pb.IngestStatusResponse, payload)
 
-    async def ServeUpload(
+    def ServeUpload(
         self, request: pb.ServeUploadRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
-        path = self._tasks.upload_path(request.filename)
-        if path is None:
-            raise NotFound("file not found")
-        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        async for chunk in stream_download(path, content_type):
-            yield chunk
+        return stream_download(context, self._tasks.open_upload, request.filename)
 
 
 def _upload_url(state: IngestState) -> str:

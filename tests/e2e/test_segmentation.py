@@ -141,7 +141,9 @@ def test_ingest_by_url_and_its_errors(http: httpx.Client, images: ImageServer) -
 
 
 def _button_box(rendered) -> Box:
-    return next(c.box for c in rendered.components if c.kind == "Button")
+    """A control of the page (a button when there is one)."""
+    controls = [c for c in rendered.components if c.kind != CONTAINER_TYPE and c.box.area >= 400]
+    return next((c.box for c in controls if c.kind == "Button"), controls[0].box)
 
 
 @pytest.mark.usefixtures("default_classifier")
@@ -181,14 +183,14 @@ def test_predict_sam_point_and_box_prompts(http: httpx.Client, images: ImageServ
 
 
 def test_predict_sam_without_prompt_gives_automatic_masks(http: httpx.Client, images: ImageServer) -> None:
-    url = images.put_image("sam-small.png", page(106, 320, 200).image)
+    url = images.put_image("sam-small.png", page(106, 640, 400).image)
     payload = ok_payload(http.post("/imgSeg/v1/predictSam", json={"image_url": url, "user_id": "u6"}))
     for entry in payload["component_info"]:
         assert set(entry) == COMPONENT_KEYS  # the document: automatic masks carry no text or type
 
 
 def test_predict_sam_refuses_bad_prompts(http: httpx.Client, images: ImageServer) -> None:
-    url = images.put_image("sam-bad.png", page(107, 320, 200).image)
+    url = images.put_image("sam-bad.png", page(107, 640, 400).image)
     route = "/imgSeg/v1/predictSam"
 
     def ask(prompt: dict, **extra: object) -> httpx.Response:

@@ -200,7 +200,17 @@ def test_empty_raw_body_gives_an_empty_file(tmp_path: Path) -> None:
     assert upload.single_file("file").size == 0
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/json", "application/x-www-form-urlencoded"])
+def test_form_urlencoded_body_gives_fields_only(tmp_path: Path) -> None:
+    upload = receive(
+        tmp_path, "application/x-www-form-urlencoded", b"image_url=http%3A%2F%2Fa.b%2Fc.png&user_id=u+1&e="
+    )
+    assert upload.files == []
+    assert upload.fields == {"image_url": "http://a.b/c.png", "user_id": "u 1", "e": ""}
+    with pytest.raises(InvalidArgument, match="Missing file"):
+        upload.single_file("file")
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/json"])
 def test_unsupported_content_type_is_refused(tmp_path: Path, content_type: str) -> None:
     receiver = UploadReceiver(tmp_path, 100, raw_field="file", raw_filename="dataset.zip")
     with pytest.raises(InvalidArgument, match="Unsupported content type") as caught:

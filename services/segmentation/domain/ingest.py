@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import mimetypes
+import re
 import shutil
 import uuid
 from collections.abc import Awaitable, Callable
@@ -24,8 +26,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.clock import utcnow
+from services.common.downloads import Download, file_chunks
 from services.common.envelope import EnvelopeError, Err, TaskStatus, as_envelope_error
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, NotFound
 from services.common.image_urls import LoadedImage, load_image
 from services.common.images import image_size
 from services.common.storage.db import transaction
@@ -38,6 +41,7 @@ from services.segmentation.storage.tables import IngestTaskRow
 log = structlog.get_logger("segmentation.ingest")
 
 _IMAGE_SUFFIXES = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tiff"}
+_UPLOAD_NAME = re.compile(r"^ingest_[0-9a-f-]{36}\.[a-z]{3,4}$")
 DOCUMENT_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # the document's created_at / finished_at
 
 
@@ -177,11 +181,17 @@ class IngestTasks:
                 await asyncio.wait_for(event.wait(), seconds)
         return await asyncio.to_thread(self.state, task_id)
 
-    def upload_path(self, filename: str) -> Path | None:
-        if "/" in filename or filename.startswith(".") or not filename:
-            return None
+    def open_upload(self, filename: str) -> Download:
+        """An uploaded image for GET /uploads/{filename}: only names this service gave, inside uploads/."""
+        if not _UPLOAD_NAME.match(filename):
+            raise NotFound("file not found")
         path = self._files.uploads_root / filename
-        return path if path.is_file() else None
+        try:
+            chunks = file_chunks(path)
+        except FileNotFoundError:
+            raise NotFound("file not found") from None
+        content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        return Download(filename, content_type, chunks, inline=True)
 
     # ---- running ----
 
