@@ -325,8 +325,8 @@ def test_stopping_the_running_builtin_training_keeps_its_best_model(setup: Setup
     assert setup.row(DEFAULT_MODEL_ID).attempts == 1
     assert state.model_ready and setup.ready_models == [DEFAULT_MODEL_ID]
     assert state.progress["epoch"] < 200 and state.progress["modelEpoch"] >= 1
-    assert state.progress["dataset_num"] == 10 * 4  # rendered only; 2 more per type were held out ...
-    assert state.heldout_acc is not None and 0.0 <= state.heldout_acc <= 1.0  # ... to measure this
+    assert state.progress["dataset_num"] == 10 * 4  # rendered only (the held-out images are separate)
+    assert state.heldout_acc is None  # a stopped training is not measured on them: stopping stays quick
     assert_in_repository(setup, DEFAULT_MODEL_ID, state.progress["labels"])
     assert manager.resolve_model("").model_id == DEFAULT_MODEL_ID
 
