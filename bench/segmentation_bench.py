@@ -157,6 +157,7 @@ def bench_resnet(http: httpx.Client, served, rounds: int) -> dict[str, Any]:
 
 def run(report: Report, args: argparse.Namespace, work_dir: Path) -> None:
     data_root = work_dir / "data"
+    (work_dir / "served").mkdir()
     env = {"VM_FETCH_ALLOWED_NETWORKS": "127.0.0.1/32"}
     with (
         image_server(work_dir / "served") as served,
