@@ -75,11 +75,12 @@ class IngestServicer(segmentation_pb2_grpc.IngestServiceServicer):
     async def Ingest(
         self, request_iterator: AsyncIterator[pb.IngestUpload], context: grpc.aio.ServicerContext
     ) -> pb.IngestResponse:
-        staging = self._settings.data_root / "segmentation" / "work"
-        staging.mkdir(parents=True, exist_ok=True)
-        receiver = UploadReceiver(staging, self._settings.max_upload_bytes, raw_field="image", raw_filename="upload")
         task_id = ""
-        with envelope_errors({}):
+        # Each request receives into its own staging directory: part files are named by their position only.
+        with envelope_errors({}), self._tasks.staging() as staging:
+            receiver = UploadReceiver(
+                staging, self._settings.max_upload_bytes, raw_field="image", raw_filename="upload"
+            )
             upload, _first = await receive_upload(request_iterator, lambda message: message.body, receiver)
             images = [received for received in upload.files if received.field == "image"]
             if len(images) > 1:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import statistics
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -135,6 +136,19 @@ def test_ingest_by_url_and_its_errors(http: httpx.Client, images: ImageServer) -
     missing = http.get("/uploads/nope.png")
     assert missing.status_code == 404 and missing.json() == {"detail": "file not found"}
     assert http.get("/uploads/..%2Fdb%2Fsegmentation.sqlite3").status_code in (400, 404)
+
+
+@pytest.mark.usefixtures("default_classifier")
+def test_concurrent_uploads_keep_their_own_images(http: httpx.Client) -> None:
+    uploads = [encode(page(seed).image) for seed in (110, 111, 112)]
+
+    def ingest(data: bytes) -> dict:
+        return ok_payload(http.post("/ingest", files={"image": ("page.png", data, "image/png")}))
+
+    with ThreadPoolExecutor(len(uploads)) as pool:
+        payloads = list(pool.map(ingest, uploads))
+    for data, payload in zip(uploads, payloads, strict=True):
+        assert http.get(payload["image_url"]).content == data
 
 
 # ---- predictSam, predictSam2, predictSam3 (SAM with random MobileSAM weights) ----

@@ -15,6 +15,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +33,7 @@ from services.common.errors import InvalidArgument, NotFound
 from services.common.image_urls import LoadedImage, load_image
 from services.common.images import image_size
 from services.common.storage.db import transaction
-from services.common.storage.files import atomic_write_text
+from services.common.storage.files import atomic_write_text, staging_dir
 from services.segmentation.domain.service import PageAnalysis
 from services.segmentation.domain.tree import NamedComponent, TreeNode
 from services.segmentation.storage.files import SegmentationFiles
@@ -112,6 +113,10 @@ class IngestTasks:
         self._finished: dict[str, asyncio.Event] = {}
 
     # ---- submitting and reading ----
+
+    def staging(self) -> AbstractContextManager[Path]:
+        """A fresh directory for one request's upload; submit() moves the image out of it."""
+        return staging_dir(self._files.work_root)
 
     def _store_upload(self, task_id: str, upload: Path) -> str:
         """The upload, checked to be an image (601 otherwise), under a name of our own for /uploads/{filename}."""
