@@ -26,7 +26,7 @@ Image.MAX_IMAGE_PIXELS = None
 
 
 @dataclass(frozen=True)
-class _Header:
+class ImageHeader:
     format: str
     width: int  # as stored, before EXIF orientation
     height: int
@@ -49,12 +49,12 @@ _UPRIGHT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def _read_header(data: bytes) -> _Header:
+def read_header(data: bytes) -> ImageHeader:
     if not data:
         raise InvalidArgument("empty image: no bytes were sent")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            header = _Header(image.format or "", image.width, image.height, _orientation(image))
+            header = ImageHeader(image.format or "", image.width, image.height, _orientation(image))
     except UnidentifiedImageError as error:
         raise InvalidArgument(f"not an image: expected {_FORMAT_NAMES}") from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
@@ -76,7 +76,7 @@ def _orientation(image: Image.Image) -> int:
 
 def image_size(data: bytes) -> tuple[int, int]:
     """(width, height) as displayed (after EXIF orientation, like decode_image), read from the header only."""
-    header = _read_header(data)
+    header = read_header(data)
     if header.orientation in (5, 6, 7, 8):
         return header.height, header.width
     return header.width, header.height
@@ -86,7 +86,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """BGR uint8 HxWx3, upright per EXIF orientation. Grayscale, alpha (dropped), palette and 16-bit images
     become 8-bit BGR. Raises InvalidArgument for anything that is not a complete image of an accepted format
     or that has more than `max_pixels` pixels (checked from the header, before any pixel is decoded)."""
-    header = _read_header(data)
+    header = read_header(data)
     pixels = header.width * header.height
     if pixels > max_pixels:
         raise InvalidArgument(
@@ -115,3 +115,11 @@ def _decode_with_pillow(data: bytes) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise InvalidArgument(f"corrupt or truncated image ({error})") from error
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+
+
+def require_rgb_image(image: np.ndarray) -> None:
+    """Raises InvalidArgument unless `image` is an RGB uint8 array of shape (height, width, 3)."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        dtype = getattr(image, "dtype", type(image).__name__)
+        raise InvalidArgument(f"expected an RGB uint8 image of shape (height, width, 3), got {dtype} {shape}")

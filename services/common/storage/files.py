@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import structlog
 
@@ -40,6 +42,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def read_json_file(path: Path) -> dict[str, Any]:
+    """A JSON object a worker process writes atomically; {} while it does not exist yet (or is unreadable)."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def link_or_copy(source: Path, destination: Path) -> None:
+    """A hard link to `source` (it shares the writer's file, which must only ever be replaced by rename, never
+    rewritten in place); a durable copy across file systems. A missing source raises FileNotFoundError."""
+    try:
+        os.link(source, destination)
+    except FileNotFoundError:
+        raise
+    except OSError:
+        shutil.copyfile(source, destination)
+        with open(destination, "rb") as handle:
+            os.fsync(handle.fileno())
 
 
 def atomic_write_text(path: Path, text: str) -> None:

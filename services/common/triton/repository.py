@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.errors import InvalidArgument
-from services.common.storage.files import TRASH_PREFIX, atomic_write_text, fsync_dir, staging_dir
+from services.common.storage.files import TRASH_PREFIX, atomic_write_text, fsync_dir, link_or_copy, staging_dir
 from services.common.triton.settings import TritonSettings
 
 # The python form's model.py: copied into every model so a model directory is complete on its own.
@@ -141,7 +141,7 @@ def write_triton_model(
     with staging_dir(work_root) as staging:
         version = staging / "1"
         version.mkdir()
-        _link_or_copy(onnx_file, version / "model.onnx")
+        link_or_copy(onnx_file, version / "model.onnx")
         if settings.model_format == "python":
             atomic_write_text(version / "model.py", ONNX_BACKEND_MODEL.read_text())
         atomic_write_text(staging / "config.pbtxt", render_triton_config(model_name, signature, settings))
@@ -161,14 +161,3 @@ def write_triton_model(
 
 def _same_file_system(a: Path, b: Path) -> bool:
     return a.stat().st_dev == b.stat().st_dev
-
-
-def _link_or_copy(source: Path, destination: Path) -> None:
-    # A hard link shares the writer's own copy (e.g. training's models/<id>/model.onnx), which is only ever
-    # replaced by rename, never rewritten in place; across file systems, copy.
-    try:
-        os.link(source, destination)
-    except OSError:
-        shutil.copyfile(source, destination)
-        with open(destination, "rb") as handle:
-            os.fsync(handle.fileno())

@@ -22,8 +22,8 @@ import threading
 
 import numpy as np
 
-from services.common.errors import InvalidArgument
 from services.common.geometry import Box, TextLine
+from services.common.images import require_rgb_image
 
 # Below this many pixels on a side there is no legible text; rapidocr would upscale noise.
 MIN_IMAGE_SIDE = 8
@@ -46,14 +46,6 @@ def reading_order(lines: list[TextLine]) -> list[TextLine]:
         else:
             rows.append([line])
     return [line for row in rows for line in sorted(row, key=lambda line: line.box.x0)]
-
-
-def require_rgb_image(image: np.ndarray) -> None:
-    """Raises InvalidArgument unless `image` is an RGB uint8 array of shape (height, width, 3)."""
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        shape = getattr(image, "shape", None)
-        dtype = getattr(image, "dtype", type(image).__name__)
-        raise InvalidArgument(f"expected an RGB uint8 image of shape (height, width, 3), got {dtype} {shape}")
 
 
 class OcrEngine:

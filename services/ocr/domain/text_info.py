@@ -43,7 +43,7 @@ import numpy as np
 
 from services.common.errors import InvalidArgument
 from services.common.geometry import Box, TextLine
-from services.ocr.domain.engine import require_rgb_image
+from services.common.images import require_rgb_image
 
 Color = tuple[int, int, int]
 

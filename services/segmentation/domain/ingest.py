@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,7 +30,7 @@ from services.common.downloads import Download, file_chunks
 from services.common.envelope import EnvelopeError, Err, TaskStatus, as_envelope_error
 from services.common.errors import InvalidArgument, NotFound
 from services.common.image_urls import LoadedImage, load_image
-from services.common.images import image_size
+from services.common.images import read_header
 from services.common.storage.db import transaction
 from services.common.storage.files import atomic_write_text, staging_dir
 from services.segmentation.domain.service import PageAnalysis
@@ -120,17 +119,14 @@ class IngestTasks:
 
     def _store_upload(self, task_id: str, upload: Path) -> str:
         """The upload, checked to be an image (601 otherwise), under a name of our own for /uploads/{filename}."""
-        data = upload.read_bytes()
         try:
-            width, height = image_size(data)
+            header = read_header(upload.read_bytes())
         except InvalidArgument as error:
             raise EnvelopeError(Err.INVALID_IMAGE, f"The uploaded file is not a valid image: {error.detail}") from error
-        if width * height > self._max_pixels:
-            detail = f"The image is {width}x{height}, more than the {self._max_pixels} pixels allowed"
+        if header.width * header.height > self._max_pixels:
+            detail = f"The image is {header.width}x{header.height}, more than the {self._max_pixels} pixels allowed"
             raise EnvelopeError(Err.INVALID_IMAGE, detail)
-        with Image.open(upload) as opened:
-            suffix = _IMAGE_SUFFIXES.get(opened.format or "", ".img")
-        name = f"{task_id}{suffix}"
+        name = f"{task_id}{_IMAGE_SUFFIXES[header.format]}"
         self._files.uploads_root.mkdir(parents=True, exist_ok=True)
         shutil.move(upload, self._files.uploads_root / name)
         return name

@@ -40,6 +40,7 @@ import numpy as np
 
 from services.common.errors import InvalidArgument
 from services.common.geometry import Box, TextLine
+from services.common.images import require_rgb_image
 from services.segmentation.domain.regions import Region
 
 Colour = tuple[int, int, int]
@@ -302,9 +303,7 @@ class _Scan:
 
 
 def _checked(image: np.ndarray) -> np.ndarray:
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        shape = getattr(image, "shape", None)
-        raise InvalidArgument(f"expected an RGB uint8 image of shape HxWx3, got {shape}")
+    require_rgb_image(image)
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise InvalidArgument("the image is empty")
     return image

@@ -165,10 +165,10 @@ class ComponentService:
         """Every component of a screenshot, classified, with its text, as the low-code schema."""
         model = await self._classifier.model(model_id)
         segmenter = self._segmenters.ingest
+        height, width = image.rgb.shape[:2]
         lines = await self._lines(image)
         regions = await self._segment(segmenter, "regions", image.rgb, lines)
         if not segmenter.needs_text:  # SAM knows nothing of text: add the lines its masks missed
-            height, width = image.rgb.shape[:2]
             kept = filter_regions(regions, width, height)
             regions = merge_text_regions(kept, [line.box for line in lines])
         texts = _texts_by_region(regions, lines)
@@ -178,7 +178,6 @@ class ComponentService:
             PageElement(region.box, result.label, " ".join(text))
             for region, result, text in zip(regions, classes, texts, strict=True)
         ]
-        height, width = image.rgb.shape[:2]
         return PageAnalysis(build_schema(elements), width, height, segmenter.name)
 
     # ---- predictSam, predictSam2, predictSam3 ----

@@ -31,7 +31,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import uuid
@@ -48,7 +47,7 @@ from services.common.clock import utcnow, utcnow_precise
 from services.common.envelope import EnvelopeError, Err, TaskStatus
 from services.common.processes import dying_with_parent
 from services.common.storage.db import transaction
-from services.common.storage.files import atomic_write_text, remove_tree
+from services.common.storage.files import atomic_write_text, link_or_copy, read_json_file, remove_tree
 from services.common.triton.repository import write_triton_model
 from services.common.triton.settings import TritonSettings
 from services.segmentation.domain.classification import ClassifierModel
@@ -127,13 +126,6 @@ def document_progress(raw: dict[str, Any]) -> dict[str, Any]:
     return progress
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
 def _log_tail(path: Path) -> str:
     try:
         with open(path, "rb") as handle:
@@ -142,15 +134,6 @@ def _log_tail(path: Path) -> str:
     except FileNotFoundError:
         return ""
     return "\n".join([line for line in text.splitlines() if line.strip()][-_DETAIL_LINES:])
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except FileNotFoundError:
-        raise
-    except OSError:  # another file system
-        shutil.copyfile(source, target)
 
 
 def _check_params(task_type: str, epochs: int, batch_size: int, learning_rate: float) -> None:
@@ -356,7 +339,7 @@ class TrainingManager:
         for resource in resources:
             target = directory / f"{resource.resource_id}.png"
             try:
-                _link_or_copy(self._files.resource_file(resource.resource_id), target)
+                link_or_copy(self._files.resource_file(resource.resource_id), target)
             except FileNotFoundError:
                 continue  # replaced by the same key a moment ago: its successor's row was not read
             entries.append({"path": str(target), "label": resource.component_type})
@@ -483,7 +466,7 @@ class TrainingManager:
             await self._fail(task_id, f"the training worker exited with code {code}" + (f": {tail}" if tail else ""))
 
     async def _record_progress(self, running: _Running) -> None:
-        progress = await asyncio.to_thread(_read_json, self._files.training_dir(running.task_id) / PROGRESS_FILE)
+        progress = await asyncio.to_thread(read_json_file, self._files.training_dir(running.task_id) / PROGRESS_FILE)
         if progress and progress != running.progress:
             await asyncio.to_thread(self._update, running.task_id, progress=progress)
             running.progress = progress
@@ -505,8 +488,8 @@ class TrainingManager:
 
     def _publish(self, task_id: str, status: TaskStatus) -> bool:
         job_dir = self._files.training_dir(task_id)
-        result = _read_json(job_dir / RESULT_FILE)
-        progress = _read_json(job_dir / PROGRESS_FILE)
+        result = read_json_file(job_dir / RESULT_FILE)
+        progress = read_json_file(job_dir / PROGRESS_FILE)
         model = job_dir / MODEL_FILE
         if status == TaskStatus.DONE and not model.exists():
             raise FileNotFoundError(f"the worker ended without writing {MODEL_FILE}")

@@ -31,7 +31,7 @@ from services.common.clock import timestamp_id, utcnow
 from services.common.errors import InvalidArgument, NotFound
 from services.common.processes import dying_with_parent
 from services.common.storage.db import paged, transaction
-from services.common.storage.files import atomic_write_text, remove_tree
+from services.common.storage.files import atomic_write_text, read_json_file, remove_tree
 from services.training.domain.logs import append_line
 from services.training.domain.models import MODEL_ID, ModelRegistry, TrainedModel
 from services.training.domain.sources import DatasetSource
@@ -70,13 +70,6 @@ class _Active:
     process: asyncio.subprocess.Process | None = None
     stop_requested: bool = False
     finished: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
 
 
 class JobManager:
@@ -134,7 +127,7 @@ class JobManager:
     def epochs_completed(self, row: JobRow) -> int:
         """Live for a running job (its worker's progress.json), as recorded otherwise."""
         if row.status == "running":
-            progress = _read_json(self._files.job_dir(row.job_id) / "progress.json")
+            progress = read_json_file(self._files.job_dir(row.job_id) / "progress.json")
             return max(int(progress.get("epoch") or 0), row.epochs_completed)
         return row.epochs_completed
 
@@ -309,7 +302,7 @@ class JobManager:
             self._update(job_id, status="interrupted", resume=True)
             append_line(log_file, "Job interrupted: the training service is shutting down; resume continues it")
             return
-        result = _read_json(job_dir / "result.json")
+        result = read_json_file(job_dir / "result.json")
         if not result:
             # Killed (out of memory, or by stop after its grace period) before it could write a result.
             reason = "stopped" if active.stop_requested else "failed"
@@ -317,7 +310,7 @@ class JobManager:
         await self._finish(job_id, result, log_file)
 
     async def _finish(self, job_id: str, result: dict[str, Any], log_file: Path) -> None:
-        progress = _read_json(self._files.job_dir(job_id) / "progress.json")
+        progress = read_json_file(self._files.job_dir(job_id) / "progress.json")
         status = result.get("status", "failed")
         changes: dict[str, Any] = {
             "status": status,
