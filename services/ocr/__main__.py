@@ -13,7 +13,7 @@ from services.common.grpc_server import run_service, serve
 from services.common.image_urls import fetch_policy
 from services.ocr.domain.engine import OcrEngine
 from services.ocr.domain.service import OcrService
-from services.ocr.servicer import OcrServicer
+from services.ocr.servicer import OcrServicer, TextReaderServicer
 from services.ocr.settings import OcrSettings
 
 log = structlog.get_logger("ocr")
@@ -36,6 +36,7 @@ async def main(settings: OcrSettings) -> None:
 
     def register(server: grpc.aio.Server) -> list[str]:
         ocr_pb2_grpc.add_OcrServiceServicer_to_server(OcrServicer(service), server)
+        ocr_pb2_grpc.add_TextReaderServicer_to_server(TextReaderServicer(service), server)
         return [s.full_name for s in ocr_pb2.DESCRIPTOR.services_by_name.values()]
 
     await serve("ocr", settings, register)

@@ -1,4 +1,4 @@
-"""gRPC servicer of the OCR service: maps messages to domain calls and back."""
+"""gRPC servicers of the OCR service: map messages to domain calls and back."""
 
 from __future__ import annotations
 
@@ -24,6 +24,13 @@ class OcrServicer(ocr_pb2_grpc.OcrServiceServicer):
         for url, layout in layouts.items():
             payload.text[url].CopyFrom(json_format.ParseDict(layout.to_payload(), struct_pb2.ListValue()))
         return success(pb.PredictTextResponse, payload)
+
+
+class TextReaderServicer(ocr_pb2_grpc.TextReaderServicer):
+    """Internal: the text lines of screenshots, for the segmentation service."""
+
+    def __init__(self, service: OcrService) -> None:
+        self._service = service
 
     async def ReadText(self, request: pb.ReadTextRequest, context: grpc.aio.ServicerContext) -> pb.ReadTextResponse:
         read = await self._service.read_text(request.image)

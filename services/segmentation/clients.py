@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import grpc
+import structlog
 from visionmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
 from services.common.envelope import EnvelopeError, Err
 from services.common.geometry import Box, TextLine
+
+log = structlog.get_logger(__name__)
 
 _READ_TIMEOUT_S = 120.0
 _INVALID_STATUSES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
@@ -18,7 +21,7 @@ class GrpcTextReader:
     def __init__(self, address: str, max_message_bytes: int) -> None:
         options = [("grpc.max_send_message_length", max_message_bytes)]
         self._channel = grpc.aio.insecure_channel(address, options=options)
-        self._stub = ocr_pb2_grpc.OcrServiceStub(self._channel)
+        self._stub = ocr_pb2_grpc.TextReaderStub(self._channel)
         self._address = address
 
     async def read(self, image: bytes) -> list[TextLine]:
@@ -31,7 +34,8 @@ class GrpcTextReader:
                 ) from error
             if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise EnvelopeError(Err.TIMEOUT, "Reading the text took too long", http_status=503) from error
-            detail = f"The OCR service ({self._address}) did not answer: {error.code().name}"
+            log.warning("ocr service call failed", address=self._address, code=error.code().name)
+            detail = f"The OCR service did not answer ({error.code().name}); try again shortly"
             raise EnvelopeError(Err.UNKNOWN_ERROR, detail, http_status=503) from error
         return [
             TextLine(Box(line.left, line.top, line.left + line.width, line.top + line.height), line.text, line.score)
