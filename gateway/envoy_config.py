@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 from google.protobuf import descriptor_pb2
+from visionmesh.api.v1 import gateway_pb2
 
 from gateway.settings import GatewaySettings
 from services.common.settings import REPO_ROOT
@@ -26,6 +27,7 @@ GATEWAY_CLUSTER = "gateway"
 # Served by the gateway's own gRPC server for the whole mesh.
 GATEWAY_GRPC_SERVICES = (
     "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
 )
 
@@ -38,13 +40,15 @@ class Upstream:
 
 
 def api_services(descriptor_set: Path) -> list[str]:
-    """Fully qualified names of the mesh's gRPC services in the descriptor set."""
+    """Fully qualified names of the mesh's public gRPC services in the descriptor set: what the gateway routes and
+    lists. Services marked `(visionmesh.api.v1.internal)` stay on their owners' own ports."""
     files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
     return sorted(
         f"{proto.package}.{service.name}"
         for proto in files.file
         if proto.package.startswith("visionmesh.")
         for service in proto.service
+        if not service.options.Extensions[gateway_pb2.internal]
     )
 
 
