@@ -17,12 +17,14 @@ import yaml
 from google.protobuf import descriptor_pb2
 from visionmesh.api.v1 import gateway_pb2
 
+from gateway.request_schema import request_schema_json, rest_routes
 from gateway.settings import GatewaySettings
 from services.common.settings import REPO_ROOT
 from services.registry import MESH_SERVICES, owner_of
 
 _TYPES = "type.googleapis.com/envoy.extensions"
-LUA_FILTER = REPO_ROOT / "envoy" / "error_shape.lua"
+ERROR_SHAPE = REPO_ROOT / "envoy" / "error_shape.lua"
+REQUEST_CHECKS = REPO_ROOT / "envoy" / "request_checks.lua"
 GATEWAY_CLUSTER = "gateway"
 # Served by the gateway's own gRPC server for the whole mesh.
 GATEWAY_GRPC_SERVICES = (
@@ -91,37 +93,84 @@ def _cluster(upstream: Upstream) -> dict[str, Any]:
     }
 
 
-# Routes of document 004, whose errors are its envelope {"code": -3000, "status", "message", "payload": {"err"}}.
-ENVELOPE_PATHS = r"/(imgSeg/|ingest).*"  # Envoy regexes match the whole path
+# Request headers the request checks (envoy/request_checks.lua) set on every REST request: its document's error
+# shape, and the 004 `err` of a refusal that is not the default 806 (data format error).
+SHAPE_HEADER = "x-vm-error-shape"
+CODE_HEADER = "x-vm-error-code"
+
+# Envoy's own texts say what broke inside the mesh (addresses, reset reasons); clients get what they can act on.
+_UPSTREAM_FAILURE_FLAGS = ["UF", "UH", "UC", "UO", "URX", "NC"]
 
 
-def _envelope_reply_mappers() -> list[dict[str, Any]]:
-    """Errors Envoy produces itself on document 004's routes, in that document's envelope: a body the transcoder
-    cannot parse is err 806 (data format error), anything else (unknown route, service down) err 808. Only REST
-    requests have such a path (in x-envoy-original-path once transcoded); native gRPC paths are /<service>/."""
-    on_envelope_path = {
-        "or_filter": {
-            "filters": [
-                {"header_filter": {"header": {"name": name, "string_match": {"safe_regex": {"regex": ENVELOPE_PATHS}}}}}
-                for name in ("x-envoy-original-path", ":path")
-            ]
+def _status_is(code: int) -> dict[str, Any]:
+    return {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": code, "runtime_key": "_"}}}}
+
+
+def _header_is(name: str, value: str) -> dict[str, Any]:
+    return {"header_filter": {"header": {"name": name, "string_match": {"exact": value}}}}
+
+
+def _all_of(*filters: dict[str, Any]) -> dict[str, Any]:
+    return filters[0] if len(filters) == 1 else {"and_filter": {"filters": list(filters)}}
+
+
+def _detail_body(text: str = "%LOCAL_REPLY_BODY%") -> dict[str, Any]:
+    return {"json_format": {"detail": text}}
+
+
+def _envelope_body(err: int, text: str = "%LOCAL_REPLY_BODY%") -> dict[str, Any]:
+    payload = {"err": err, "detail": text}
+    return {"json_format": {"code": -3000, "status": "%RESPONSE_CODE%", "message": "失败", "payload": payload}}
+
+
+def _reply_mappers(settings: GatewaySettings) -> list[dict[str, Any]]:
+    """Errors Envoy produces itself (refused requests, unknown routes, limits, a service that is down), in the
+    error shape of the request's document, with texts a client can act on. The first mapper that matches wins.
+
+    REST requests carry their shape in SHAPE_HEADER. A request Envoy refused before the request checks ran
+    (HTTP framing) gets {"detail"} unless it is native gRPC, which keeps Envoy's grpc-status."""
+    texts = [
+        (
+            {"response_flag_filter": {"flags": _UPSTREAM_FAILURE_FLAGS}},
+            "The %UPSTREAM_CLUSTER% service is not reachable right now; try again shortly",
+        ),
+        (_status_is(413), f"The request body is larger than the {settings.max_request_body_bytes} bytes it may have"),
+        (
+            _status_is(429),
+            f"Too many uploads from this client (at most {settings.upload_rate_per_second} a second, "
+            f"{settings.upload_burst} at once); try again in a few seconds",
+        ),
+    ]
+    envelope = _header_is(SHAPE_HEADER, "envelope")
+    mappers: list[dict[str, Any]] = [
+        {"filter": _all_of(envelope, condition), "body_format_override": _envelope_body(808, text)}
+        for condition, text in texts
+    ]
+    mappers += [
+        {
+            "filter": _all_of(envelope, _status_is(400), _header_is(CODE_HEADER, "807")),
+            "body_format_override": _envelope_body(807),
+        },
+        {"filter": _all_of(envelope, _status_is(400)), "body_format_override": _envelope_body(806)},
+        {"filter": envelope, "body_format_override": _envelope_body(808)},
+    ]
+    not_grpc = {
+        "header_filter": {
+            "header": {
+                "name": "content-type",
+                "string_match": {"prefix": "application/grpc"},
+                "invert_match": True,
+                "treat_missing_header_as_empty": True,
+            }
         }
     }
-    bad_request = {
-        "status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": 400, "runtime_key": "_"}}}
-    }
-
-    def envelope(err: int) -> dict[str, Any]:
-        payload = {"err": err, "detail": "%LOCAL_REPLY_BODY%"}
-        return {"json_format": {"code": -3000, "status": "%RESPONSE_CODE%", "message": "失败", "payload": payload}}
-
-    return [
-        {
-            "filter": {"and_filter": {"filters": [on_envelope_path, bad_request]}},
-            "body_format_override": envelope(806),
-        },
-        {"filter": on_envelope_path, "body_format_override": envelope(808)},
+    shaped = {"header_filter": {"header": {"name": SHAPE_HEADER, "present_match": True}}}
+    rest = {"or_filter": {"filters": [shaped, not_grpc]}}
+    mappers += [
+        {"filter": _all_of(rest, condition), "body_format_override": _detail_body(text)} for condition, text in texts
     ]
+    mappers.append({"filter": rest, "body_format_override": _detail_body()})
+    return mappers
 
 
 def _route(prefix: str, cluster: str) -> dict[str, Any]:
@@ -129,17 +178,77 @@ def _route(prefix: str, cluster: str) -> dict[str, Any]:
     return {"match": {"prefix": prefix}, "route": {"cluster": cluster, "timeout": "0s"}}
 
 
+def _upload_rate_limit(upload_methods: list[str], settings: GatewaySettings) -> dict[str, Any]:
+    """The local rate limit filter: one token bucket per client address, shared by every upload method (REST and
+    native gRPC alike, matched once transcoded), since uploads cost disk and CPU; other requests are not limited."""
+    always = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+    config: dict[str, Any] = {
+        "@type": f"{_TYPES}.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": "uploads",
+        # The bucket of requests no descriptor below matches: effectively unlimited.
+        "token_bucket": {"max_tokens": 1_000_000, "tokens_per_fill": 1_000_000, "fill_interval": "1s"},
+    }
+    if not settings.upload_rate_per_second or not upload_methods:
+        return config
+
+    def upload(method: str) -> dict[str, Any]:
+        # Every upload method yields the same descriptor, so they share the client's bucket.
+        headers = [{"name": ":path", "string_match": {"exact": method}}]
+        return {"header_value_match": {"descriptor_value": "upload", "headers": headers}}
+
+    bucket = {
+        "max_tokens": settings.upload_burst,
+        "tokens_per_fill": settings.upload_rate_per_second,
+        "fill_interval": "1s",
+    }
+    return config | {
+        "filter_enabled": always,
+        "filter_enforced": always,
+        "rate_limits": [{"actions": [upload(method), {"remote_address": {}}]} for method in upload_methods],
+        # An entry without a value gives each client address a bucket of its own.
+        "descriptors": [
+            {"entries": [{"key": "header_match", "value": "upload"}, {"key": "remote_address"}], "token_bucket": bucket}
+        ],
+        "response_headers_to_add": [
+            {"header": {"key": "retry-after", "value": "1"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        ],
+    }
+
+
+def _lua_filter(name: str, source: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "typed_config": {
+            "@type": f"{_TYPES}.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": source},
+        },
+    }
+
+
+def request_checks_source(settings: GatewaySettings, services: list[str]) -> str:
+    """envoy/request_checks.lua with the routes and request shapes of the descriptor set in front of it."""
+    schema = request_schema_json(settings.descriptor_set, services)
+    level = "=" * 4
+    if f"]{level}]" in schema:
+        raise SystemExit("the request schema contains the Lua long-string terminator")
+    return f"local SCHEMA_JSON = [{level}[{schema}]{level}]\n" + REQUEST_CHECKS.read_text()
+
+
+def _owner(grpc_service: str) -> str:
+    owner = owner_of(grpc_service)
+    if owner is None:
+        raise SystemExit(f"no mesh service serves {grpc_service}: add its package to services/registry.py")
+    return owner.name
+
+
 def render(settings: GatewaySettings, descriptor_path: Path | None = None) -> dict[str, Any]:
     """The Envoy bootstrap config. `descriptor_path` is where Envoy will read the descriptor set (it
     differs from settings.descriptor_set when Envoy runs in another container)."""
     services = api_services(settings.descriptor_set)
     targets = upstreams(settings)
-    routes = []
-    for service in services:
-        owner = owner_of(service)
-        if owner is None:
-            raise SystemExit(f"no mesh service serves {service}: add its package to services/registry.py")
-        routes.append(_route(f"/{service}/", owner.name))
+    files = descriptor_pb2.FileDescriptorSet.FromString(settings.descriptor_set.read_bytes())
+    uploads = sorted({route.grpc_method for route in rest_routes(files, services) if route.streamed_body})
+    routes = [_route(f"/{service}/", _owner(service)) for service in services]
     routes += [_route(f"/{service}/", GATEWAY_CLUSTER) for service in GATEWAY_GRPC_SERVICES]
 
     transcoder = {
@@ -164,47 +273,16 @@ def render(settings: GatewaySettings, descriptor_path: Path | None = None) -> di
         "always_set_request_id_in_response": True,
         "http_protocol_options": {"enable_trailers": True},
         "http2_protocol_options": {"max_concurrent_streams": 1000},
-        # Errors Envoy produces itself (bad JSON, unknown route, upstream down) in the documents' shape, for
-        # REST clients only: a request the transcoder rewrote keeps its REST path in x-envoy-original-path,
-        # one it refused still has its own content type. Native gRPC clients keep Envoy's grpc-message.
-        "local_reply_config": {
-            "mappers": [
-                *_envelope_reply_mappers(),
-                {
-                    "filter": {
-                        "or_filter": {
-                            "filters": [
-                                {"header_filter": {"header": {"name": "x-envoy-original-path", "present_match": True}}},
-                                {
-                                    "header_filter": {
-                                        "header": {
-                                            "name": "content-type",
-                                            "string_match": {"prefix": "application/grpc"},
-                                            "invert_match": True,
-                                            "treat_missing_header_as_empty": True,
-                                        }
-                                    }
-                                },
-                            ]
-                        }
-                    },
-                    "body_format_override": {"json_format": {"detail": "%LOCAL_REPLY_BODY%"}},
-                },
-            ]
-        },
+        "local_reply_config": {"mappers": _reply_mappers(settings)},
         "route_config": {
             "name": "mesh",
             "virtual_hosts": [{"name": "mesh", "domains": ["*"], "routes": routes}],
         },
         "http_filters": [
-            {
-                "name": "envoy.filters.http.lua",
-                "typed_config": {
-                    "@type": f"{_TYPES}.filters.http.lua.v3.Lua",
-                    "default_source_code": {"inline_string": LUA_FILTER.read_text()},
-                },
-            },
+            _lua_filter("visionmesh.request_checks", request_checks_source(settings, services)),
+            _lua_filter("visionmesh.error_shape", ERROR_SHAPE.read_text()),
             {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder},
+            {"name": "envoy.filters.http.local_ratelimit", "typed_config": _upload_rate_limit(uploads, settings)},
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {"@type": f"{_TYPES}.filters.http.router.v3.Router"},
@@ -238,6 +316,8 @@ def render(settings: GatewaySettings, descriptor_path: Path | None = None) -> di
             "listeners": [
                 {
                     "name": "http",
+                    # Also the most a request body may hold where a filter buffers it whole (JSON bodies).
+                    "per_connection_buffer_limit_bytes": settings.max_request_body_bytes,
                     "address": {"socket_address": {"address": settings.bind_host, "port_value": settings.http_port}},
                     # The 002 document's clients call port 8001: the same routes answer there too.
                     "additional_addresses": [

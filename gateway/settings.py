@@ -21,10 +21,15 @@ class GatewaySettings(GrpcServerSettings):
     admin_port: int = 9901
     # The gateway's own gRPC server (reflection + health for the shared port).
     grpc_port: int = 50050
-    # Buffered (non-streaming) request and response bodies; uploads and downloads stream and are not
-    # bound by these.
-    max_request_body_bytes: int = 32 * 1024 * 1024
+    # Buffered (non-streaming) request and response bodies: JSON request bodies are read whole to be checked and
+    # transcoded; uploads and downloads stream and are not bound by these.
+    max_request_body_bytes: int = 1024 * 1024
     max_response_body_bytes: int = 64 * 1024 * 1024
+    # Uploads (every streamed-body route: datasets, models, images, videos, screenshots) per client address: a
+    # token bucket refilled by `upload_rate_per_second` a second, holding at most `upload_burst`; beyond it 429.
+    # 0 = no limit.
+    upload_rate_per_second: int = 20
+    upload_burst: int = 40
     # Descriptor set produced by protos/generate.py.
     descriptor_set: Path = REPO_ROOT / "build" / "descriptors" / "visionmesh.pb"
     envoy_log_level: str = "warn"

@@ -249,7 +249,7 @@ def test_dockerfile_environment() -> None:
 def test_dockerignore_keeps_local_state_out_but_not_what_the_image_needs() -> None:
     patterns = {line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and line[0] != "#"}
     assert {".git", ".venv", "build", "data"} <= patterns
-    # gateway render inlines envoy/error_shape.lua; generate.py needs protos/.
+    # gateway render inlines envoy/*.lua; generate.py needs protos/.
     assert not patterns & {"envoy", "protos", "requirements"}
 
 
