@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import httpx
 import pytest
@@ -125,10 +125,16 @@ def test_prepare_reports_bad_label_lines_and_images(http: httpx.Client) -> None:
     assert "5 values" in rejected_lines[("labels/img000.txt", 3)]
     assert "normalised" in rejected_lines[("labels/img000.txt", 4)]
     rejected_images = {r["file"]: r["reason"] for r in report["rejected_images"]}
-    assert set(rejected_images) == {"images/broken.jpg", "images/bomb.png", "images/empty.jpg"}
+    assert set(rejected_images) == {"images/broken.jpg", "images/bomb.png", "images/empty.jpg", "images/img000.jpg"}
     assert "pixel limit" in rejected_images["images/bomb.png"]
-    assert report["images_found"] == 9 and report["images_accepted"] == 6
-    assert body["train_count"] + body["val_count"] == 6
+    # An image with a bad label line is left out whole: its other boxes would be wrong as they are.
+    assert "labels/img000.txt line 2" in rejected_images["images/img000.jpg"], rejected_images
+    assert "3 more" in rejected_images["images/img000.jpg"]
+    assert report["images_found"] == 9 and report["images_accepted"] == 5
+    assert body["train_count"] + body["val_count"] == 5
+    exported = unzip(http.get(f"/datasets/{body['dataset_id']}/export/annotated").content)
+    kept = {PurePosixPath(name).stem for name in exported if name.endswith((".jpg", ".txt")) and "/" in name}
+    assert kept == {f"img{n:03d}" for n in range(1, 6)}, sorted(exported)
 
 
 def test_list_get_update_delete(http: httpx.Client, platform: PlatformInstance) -> None:

@@ -6,6 +6,7 @@ import pytest
 
 from services.dataset.domain.labels import (
     LineRejection,
+    ParsedLabels,
     PixelBox,
     YoloBox,
     check_pixel_box,
@@ -18,9 +19,9 @@ from services.dataset.domain.labels import (
 
 def test_valid_lines_become_boxes() -> None:
     text = "0 0.5 0.5 0.2 0.4\n1 0.1 0.9 0.05 0.1\r\n  2\t0.3 0.3 1 1  \n"
-    boxes, rejected = parse_label_text(text, num_classes=3)
-    assert rejected == []
-    assert boxes == [
+    parsed = parse_label_text(text, num_classes=3)
+    assert parsed.invalid == [] and parsed.duplicates == []
+    assert parsed.boxes == [
         YoloBox(0, 0.5, 0.5, 0.2, 0.4),
         YoloBox(1, 0.1, 0.9, 0.05, 0.1),
         YoloBox(2, 0.3, 0.3, 1.0, 1.0),
@@ -29,13 +30,13 @@ def test_valid_lines_become_boxes() -> None:
 
 def test_blank_lines_are_skipped_but_count_for_line_numbers() -> None:
     text = "\n   \n0 0.5 0.5 0.2 0.2\n\nbad\n"
-    boxes, rejected = parse_label_text(text, None)
-    assert len(boxes) == 1
-    assert [r.line for r in rejected] == [5]
+    parsed = parse_label_text(text, None)
+    assert len(parsed.boxes) == 1
+    assert [r.line for r in parsed.invalid] == [5]
 
 
 def test_empty_text_is_a_background_image() -> None:
-    assert parse_label_text("", 2) == ([], [])
+    assert parse_label_text("", 2) == ParsedLabels([], [], [])
 
 
 @pytest.mark.parametrize(
@@ -58,39 +59,47 @@ def test_empty_text_is_a_background_image() -> None:
     ],
 )
 def test_invalid_lines_are_rejected_with_a_reason(line: str, reason: str) -> None:
-    boxes, rejected = parse_label_text(f"0 0.5 0.5 0.1 0.1\n{line}\n", num_classes=2)
-    assert boxes == [YoloBox(0, 0.5, 0.5, 0.1, 0.1)]
-    assert len(rejected) == 1
-    assert rejected[0].line == 2
-    assert reason in rejected[0].reason
+    parsed = parse_label_text(f"0 0.5 0.5 0.1 0.1\n{line}\n", num_classes=2)
+    assert parsed.boxes == [YoloBox(0, 0.5, 0.5, 0.1, 0.1)]
+    assert len(parsed.invalid) == 1 and parsed.duplicates == []
+    assert parsed.invalid[0].line == 2
+    assert reason in parsed.invalid[0].reason
+    assert parsed.rejected == parsed.invalid
 
 
 def test_class_ids_are_unchecked_when_the_class_count_is_unknown() -> None:
-    boxes, rejected = parse_label_text("57 0.5 0.5 0.1 0.1\n", None)
-    assert rejected == [] and boxes[0].class_id == 57
+    parsed = parse_label_text("57 0.5 0.5 0.1 0.1\n", None)
+    assert parsed.invalid == [] and parsed.boxes[0].class_id == 57
 
 
 def test_float_noise_is_clamped_but_real_overflow_is_refused() -> None:
-    boxes, rejected = parse_label_text("0 1.0000001 -0.0000005 0.5 1.000000999\n0 0.5 0.5 0.5 1.00001\n", 1)
-    assert boxes == [YoloBox(0, 1.0, 0.0, 0.5, 1.0)]
-    assert [r.line for r in rejected] == [2]
+    parsed = parse_label_text("0 1.0000001 -0.0000005 0.5 1.000000999\n0 0.5 0.5 0.5 1.00001\n", 1)
+    assert parsed.boxes == [YoloBox(0, 1.0, 0.0, 0.5, 1.0)]
+    assert [r.line for r in parsed.invalid] == [2]
 
 
-def test_duplicate_boxes_are_rejected_pointing_at_the_first() -> None:
+def test_duplicate_boxes_are_dropped_pointing_at_the_first_not_counted_as_invalid() -> None:
     text = "0 0.5 0.5 0.2 0.2\n1 0.5 0.5 0.2 0.2\n0 0.50 0.5 0.200 0.2\n0 1.0000001 0.5 0.2 0.2\n0 1 0.5 0.2 0.2\n"
-    boxes, rejected = parse_label_text(text, 2)
-    assert len(boxes) == 3
-    assert rejected == [LineRejection(3, "duplicate of line 1"), LineRejection(5, "duplicate of line 4")]
+    parsed = parse_label_text(text, 2)
+    assert len(parsed.boxes) == 3
+    assert parsed.invalid == []
+    assert parsed.duplicates == [LineRejection(3, "duplicate of line 1"), LineRejection(5, "duplicate of line 4")]
+
+
+def test_rejected_lists_invalid_and_duplicate_lines_in_line_order() -> None:
+    parsed = parse_label_text("0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2\n0 2 0.5 0.2 0.2\n9 0.5 0.5 0.1 0.1\n", 2)
+    assert [r.line for r in parsed.invalid] == [3, 4] and [r.line for r in parsed.duplicates] == [2]
+    assert [r.line for r in parsed.rejected] == [2, 3, 4]
 
 
 def test_format_label_text_round_trips() -> None:
     boxes = [YoloBox(0, 0.5, 0.25, 0.125, 1.0), YoloBox(3, 1 / 3, 2 / 3, 0.1, 0.2)]
     text = format_label_text(boxes)
     assert text == "0 0.500000 0.250000 0.125000 1.000000\n3 0.333333 0.666667 0.100000 0.200000\n"
-    parsed, rejected = parse_label_text(text, 4)
-    assert rejected == []
-    assert parsed[0] == boxes[0]
-    assert parsed[1].x_center == pytest.approx(1 / 3, abs=1e-6)
+    parsed = parse_label_text(text, 4)
+    assert parsed.invalid == []
+    assert parsed.boxes[0] == boxes[0]
+    assert parsed.boxes[1].x_center == pytest.approx(1 / 3, abs=1e-6)
     assert format_label_text([]) == ""
 
 

@@ -194,12 +194,14 @@ def test_derived_classes_cover_the_highest_class_id(tmp_path: Path) -> None:
 
 
 def test_a_huge_class_id_is_rejected_not_turned_into_a_million_class_names(tmp_path: Path) -> None:
-    members = labelled(["a", "b"])
+    members = labelled(["a", "b", "c"])
     members["labels/b.txt"] = f"{label_line(1_000_000)}\n{label_line(1)}\n".encode()
     result = prepare(tmp_path, members)
-    assert result.content.classes == ["class0", "class1"]
+    # Classes come from the labels of the images kept: b is left out, with its class 1 box.
+    assert result.content.classes == ["class0"]
     [rejection] = result.report.rejected_labels
     assert (rejection.file, rejection.line) == ("labels/b.txt", 1) and "at most 10000" in rejection.reason
+    assert [r.file for r in result.report.rejected_images] == ["images/b.jpg"]
 
 
 def test_unusable_data_yaml_falls_back_to_classes_txt_with_a_warning(tmp_path: Path) -> None:
@@ -222,20 +224,27 @@ def test_data_yaml_without_names_and_no_labels(tmp_path: Path) -> None:
 
 
 def test_explicit_classes_bound_the_class_ids(tmp_path: Path) -> None:
-    members = labelled(["a", "b"])
+    members = labelled(["a", "b", "c"])
     members["labels/b.txt"] = f"{label_line(0)}\n{label_line(1, 0.3)}\n".encode()
     result = prepare(tmp_path, members, classes=["only"])
     assert result.report.rejected_labels == [
         Rejection("labels/b.txt", 2, "class id 1 is out of range (dataset has 1 classes)")
     ]
-    assert result.label("b") == "0 0.500000 0.500000 0.200000 0.200000\n"
+    assert result.report.rejected_images == [
+        Rejection(
+            "images/b.jpg",
+            0,
+            "invalid label in labels/b.txt line 2: class id 1 is out of range (dataset has 1 classes)",
+        )
+    ]
+    assert sorted(i.image_id for i in result.content.images) == ["a", "c"]
 
 
 # -- rejections --------------------------------------------------------------------------------------------
 
 
 def test_rejected_label_lines_have_file_line_and_reason(tmp_path: Path) -> None:
-    members = labelled(["a", "b", "c"])
+    members = labelled(["a", "b", "c", "d"])
     members["data.yaml"] = b"names: [cat, dog]\n"
     members["labels/a.txt"] = (
         b"0 0.5 0.5 0.2 0.2\n"  # 1: ok
@@ -264,12 +273,42 @@ def test_rejected_label_lines_have_file_line_and_reason(tmp_path: Path) -> None:
     assert "not normalised" in rejected["labels/a.txt", 5]
     assert rejected["labels/a.txt", 6] == "duplicate of line 1"
     assert rejected["labels/b.txt", 0] == "not UTF-8 text"
-    assert result.report.label_files_found == 4
-    assert result.report.label_lines_accepted == 3  # a: 2, b: 0, c: 1
-    assert result.label("a") == "0 0.500000 0.500000 0.200000 0.200000\n1 0.250000 0.250000 0.100000 0.100000\n"
-    # An unreadable label file: the image stays, without a label file.
-    assert {i.image_id for i in result.content.images} == {"a", "b", "c"}
-    assert not list((result.staging / "labels").rglob("b.txt"))
+    assert result.report.label_files_found == 5
+    assert result.report.label_lines_accepted == 2  # c: 1, d: 1
+    # The images of a label file with an invalid line, or that cannot be read, are left out whole (as
+    # Ultralytics does with a corrupt label): the boxes of such a file cannot be trusted to be all there.
+    rejected_images = {r.file: r.reason for r in result.report.rejected_images}
+    assert rejected_images == {
+        "images/a.jpg": "invalid label in labels/a.txt line 2: "
+        "expected 5 values (class x_center y_center width height), got 4, and 2 more invalid lines",
+        "images/b.jpg": "unreadable label file labels/b.txt: not UTF-8 text",
+    }
+    assert all(r.line == 0 for r in result.report.rejected_images)
+    assert {i.image_id for i in result.content.images} == {"c", "d"}
+    assert sorted(p.name for p in result.staging.rglob("*.*") if p.name != "data.yaml") == [
+        "c.jpg",
+        "c.txt",
+        "d.jpg",
+        "d.txt",
+    ]
+    assert not (result.staging / "pool").exists()
+
+
+def test_an_image_with_only_duplicate_boxes_is_kept_without_them(tmp_path: Path) -> None:
+    members = labelled(["a", "b"])
+    members["labels/a.txt"] = f"{label_line(0)}\n{label_line(0)}\n".encode()
+    result = prepare(tmp_path, members)
+    assert result.report.rejected_labels == [Rejection("labels/a.txt", 2, "duplicate of line 1")]
+    assert result.report.rejected_images == []
+    assert result.label("a") == "0 0.500000 0.500000 0.200000 0.200000\n"
+
+
+def test_images_left_out_for_their_labels_count_towards_the_two_image_minimum(tmp_path: Path) -> None:
+    members = labelled(["a", "b"])
+    members["labels/b.txt"] = b"0 0.5 0.5 0.2 1.5\n"
+    detail = refused(tmp_path, members)
+    assert detail.startswith("Only 1 of 2 image(s) are usable")
+    assert "images/b.jpg: invalid label in labels/b.txt line 1" in detail
 
 
 def test_label_with_bom_and_crlf_is_accepted(tmp_path: Path) -> None:

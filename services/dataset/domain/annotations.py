@@ -153,8 +153,8 @@ class AnnotationManager:
         for image in images:
             label = labels_dir / image.split / f"{image.image_id}.txt"
             if label.exists():
-                parsed, _ = parse_label_text(label.read_text(), num_classes)
-                boxes[image.id] = [yolo_to_pixels(box, image.width, image.height) for box in parsed]
+                parsed = parse_label_text(label.read_text(), num_classes)
+                boxes[image.id] = [yolo_to_pixels(box, image.width, image.height) for box in parsed.boxes]
         return boxes
 
     def get_task(self, task_id: str) -> TaskSummary:

@@ -62,10 +62,23 @@ def _parse_line(text: str, num_classes: int | None) -> YoloBox:
     return YoloBox(class_id, x, y, w, h)
 
 
-def parse_label_text(text: str, num_classes: int | None) -> tuple[list[YoloBox], list[LineRejection]]:
+@dataclass(frozen=True)
+class ParsedLabels:
+    boxes: list[YoloBox]
+    # Lines that are not a valid box: the file cannot be trusted to hold the image's boxes (prepare leaves
+    # the image out).
+    invalid: list[LineRejection]
+    # Repeats of an earlier box, dropped: nothing is lost (Ultralytics drops them too, with a warning).
+    duplicates: list[LineRejection]
+
+    @property
+    def rejected(self) -> list[LineRejection]:
+        return sorted(self.invalid + self.duplicates, key=lambda rejection: rejection.line)
+
+
+def parse_label_text(text: str, num_classes: int | None) -> ParsedLabels:
     """Valid boxes and the rejected lines (1-based) with reasons. Blank lines are skipped silently."""
-    boxes: list[YoloBox] = []
-    rejected: list[LineRejection] = []
+    parsed = ParsedLabels([], [], [])
     seen: dict[YoloBox, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -73,14 +86,14 @@ def parse_label_text(text: str, num_classes: int | None) -> tuple[list[YoloBox],
         try:
             box = _parse_line(line, num_classes)
         except ValueError as error:
-            rejected.append(LineRejection(number, str(error)))
+            parsed.invalid.append(LineRejection(number, str(error)))
             continue
         if box in seen:
-            rejected.append(LineRejection(number, f"duplicate of line {seen[box]}"))
+            parsed.duplicates.append(LineRejection(number, f"duplicate of line {seen[box]}"))
             continue
         seen[box] = number
-        boxes.append(box)
-    return boxes, rejected
+        parsed.boxes.append(box)
+    return parsed
 
 
 def format_label_text(boxes: list[YoloBox]) -> str:

@@ -1,8 +1,10 @@
 """Prepare: turn an uploaded dataset ZIP into a YOLO dataset version directory.
 
 The version is built in a staging directory that the caller publishes with one rename; see
-DatasetManager.prepare. Images that do not decode and label lines that do not validate are left out and
-listed in the report; the version is refused only when fewer than two usable images remain.
+DatasetManager.prepare. Images that do not decode are left out and listed in the report, and so are images
+whose label file cannot be read or has a line that does not validate (as Ultralytics leaves out an image
+with a corrupt label): keeping the other lines would teach that a box that was there is background. The
+version is refused only when fewer than two usable images remain.
 """
 
 from __future__ import annotations
@@ -99,8 +101,8 @@ def prepare_version(zip_path: Path, staging: Path, final_dir: Path, options: Pre
         if not layout.images:
             raise InvalidArgument("The ZIP contains no images (jpg, jpeg, png, bmp or webp)")
         classes = options.classes or _classes_from_archive(archive, layout, report)
-        accepted = _validate_images(archive, layout, staging / "pool", options, report)
-        labels = _read_labels(archive, accepted, len(classes) if classes else None, report)
+        decoded = _validate_images(archive, layout, staging / "pool", options, report)
+        accepted, labels = _read_labels(archive, decoded, len(classes) if classes else None, report)
     if not classes:
         classes = _classes_from_labels(labels, report)
     if len(accepted) < 2:
@@ -173,23 +175,39 @@ def _validate_images(
 
 
 def _read_labels(
-    archive: zipfile.ZipFile, accepted: list[_AcceptedImage], num_classes: int | None, report: PrepareReport
-) -> dict[str, list[YoloBox]]:
-    """Valid boxes per image entry name; only images that came with a label file have a key."""
+    archive: zipfile.ZipFile, decoded: list[_AcceptedImage], num_classes: int | None, report: PrepareReport
+) -> tuple[list[_AcceptedImage], dict[str, list[YoloBox]]]:
+    """The images whose labels can be trusted, and their boxes per image entry name (only images that came
+    with a label file have a key). An image whose label file is unreadable or has an invalid line is
+    rejected whole; the lines themselves are listed in rejected_labels."""
+    accepted: list[_AcceptedImage] = []
     labels: dict[str, list[YoloBox]] = {}
-    for image in accepted:
+    for image in decoded:
         entry = image.source.label
         if entry is None:
+            accepted.append(image)
             continue
         try:
             text = _read_text(archive, entry)
         except ValueError as error:
             report.rejected_labels.append(Rejection(entry.name, 0, str(error)))
+            _reject(image, f"unreadable label file {entry.name}: {error}", report)
             continue
-        boxes, rejected = parse_label_text(text, num_classes)
-        report.rejected_labels.extend(Rejection(entry.name, r.line, r.reason) for r in rejected)
-        labels[image.source.entry.name] = boxes
-    return labels
+        parsed = parse_label_text(text, num_classes)
+        report.rejected_labels.extend(Rejection(entry.name, r.line, r.reason) for r in parsed.rejected)
+        if parsed.invalid:
+            first, more = parsed.invalid[0], len(parsed.invalid) - 1
+            reason = f"invalid label in {entry.name} line {first.line}: {first.reason}"
+            _reject(image, reason + (f", and {more} more invalid line{'s' * (more > 1)}" if more else ""), report)
+            continue
+        accepted.append(image)
+        labels[image.source.entry.name] = parsed.boxes
+    return accepted, labels
+
+
+def _reject(image: _AcceptedImage, reason: str, report: PrepareReport) -> None:
+    image.pooled.unlink()
+    report.rejected_images.append(Rejection(image.source.entry.name, 0, reason))
 
 
 def _assign_splits(
