@@ -374,6 +374,9 @@ local function scalar_problem(kind, v, from_text)
     end
     number = json_number(v)
   end
+  if number == math.huge or number == -math.huge then
+    return "is out of range" -- a numeric literal too large for a double ("Infinity" is the way to say it)
+  end
   local range = INTEGER_RANGES[kind]
   if range ~= nil then
     if type(number) ~= "number" or number % 1 ~= 0 then

@@ -85,9 +85,7 @@ class Route:
 
     @property
     def segments(self) -> list[str]:
-        path, _, verb = self.template.partition(":")
-        parts = _template_segments(path)
-        return parts if not verb else [*parts[:-1], f"{parts[-1]}:{verb}"]
+        return _template_segments(_split_verb(self.template)[0])
 
     def lua_pattern(self) -> tuple[str, list[str]]:
         """An anchored Lua pattern for the path and the field paths its captures fill, in order."""
@@ -103,14 +101,30 @@ class Route:
             elif segment == "*":
                 pattern += "[^/]+"
             else:
-                pattern += "".join(f"%{c}" if c in _LUA_MAGIC else c for c in segment)
-        return pattern + "$", variables
+                pattern += _lua_literal(segment)
+        verb = _split_verb(self.template)[1]
+        return pattern + (f":{_lua_literal(verb)}" if verb else "") + "$", variables
 
     def precedence(self) -> tuple[int, ...]:
         """Literal segments win over wildcards, single over multi-segment ones: the transcoder's order."""
         return tuple(
             2 if "**" in segment else 1 if segment.startswith("{") or segment == "*" else 0 for segment in self.segments
         )
+
+
+def _lua_literal(text: str) -> str:
+    return "".join(f"%{c}" if c in _LUA_MAGIC else c for c in text)
+
+
+def _split_verb(template: str) -> tuple[str, str]:
+    """A template's path and its custom verb (`/v1/{name}:cancel` -> `/v1/{name}`, `cancel`): the verb's colon
+    is the one outside every {...}."""
+    depth = 0
+    for index, char in enumerate(template):
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if char == ":" and depth == 0:
+            return template[:index], template[index + 1 :]
+    return template, ""
 
 
 def _template_segments(path: str) -> list[str]:
