@@ -217,7 +217,7 @@ class ClassifierTrainingServicer(segmentation_pb2_grpc.ClassifierTrainingService
         with envelope_errors({"user_id": request.user_id, "task_type": request.task_type}):
             params = request.train_params
             state = await self._manager.start(
-                request.user_id or "anonymous",
+                request.user_id,
                 request.task_type or "train",
                 epochs=params.epochs or 10,
                 batch_size=params.batch_size or 8,
@@ -230,7 +230,7 @@ class ClassifierTrainingServicer(segmentation_pb2_grpc.ClassifierTrainingService
     ) -> pb.TrainingProgressResponse:
         echo = {"train_task_id": request.train_task_id, "user_id": request.user_id, "task_type": request.task_type}
         with envelope_errors(echo):
-            state = await self._manager.query(request.train_task_id.strip())
+            state = await self._manager.query(request.train_task_id.strip(), request.user_id)
         payload = pb.TrainingProgress(
             train_task_id=state.task_id,
             user_id=state.user_id,
@@ -250,7 +250,7 @@ class ClassifierTrainingServicer(segmentation_pb2_grpc.ClassifierTrainingService
     ) -> pb.TrainingTaskResponse:
         echo = {"train_task_id": request.train_task_id, "user_id": request.user_id, "task_type": request.task_type}
         with envelope_errors(echo):
-            state = await self._manager.stop(request.train_task_id.strip())
+            state = await self._manager.stop(request.train_task_id.strip(), request.user_id)
         return success(pb.TrainingTaskResponse, _task(state))
 
     async def AddTrainingResource(

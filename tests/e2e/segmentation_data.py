@@ -87,10 +87,12 @@ def failure(response: httpx.Response, status: int, err: int | str) -> dict:
     return body["payload"]
 
 
-def wait_for_training(http: httpx.Client, task_id: str, timeout: float = 900) -> dict:
+def wait_for_training(http: httpx.Client, task_id: str, timeout: float = 900, user_id: str = "t") -> dict:
+    """Poll queryTrain as `user_id` (a training's owner; any user for the built-in classifier's)."""
     deadline = time.monotonic() + timeout
     while True:
-        payload = ok_payload(http.post("/imgSeg/v1/queryTrain", json={"train_task_id": task_id, "user_id": "t"}))
+        query = {"train_task_id": task_id, "user_id": user_id}
+        payload = ok_payload(http.post("/imgSeg/v1/queryTrain", json=query))
         if payload["task_status"] != 300:
             return payload
         assert time.monotonic() < deadline, payload

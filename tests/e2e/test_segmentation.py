@@ -8,10 +8,15 @@ import io
 import statistics
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import httpx
 import pytest
+from google.rpc import status_pb2
 from PIL import Image, ImageDraw
+from visionmesh.envelope.v1 import envelope_pb2
+from visionmesh.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
 
+from launcher.instance import PlatformInstance
 from services.common.fonts import cjk_font
 from services.common.geometry import Box
 from services.segmentation.domain.evaluation import match_boxes, recall, text_recall
@@ -19,6 +24,7 @@ from services.segmentation.domain.rendering import COMPONENT_TYPES, CONTAINER_TY
 from tests.e2e.segmentation_data import ImageServer, component, encode, failure, ok_payload, page, wait_for_training
 
 COMPONENT_KEYS = {"top_left_coord", "width", "height", "rgb_mean", "img_component_base64"}
+DEFAULT_CLASSIFIER = "Train-imgSeg-default"
 
 
 def _png(encoded: str) -> Image.Image:
@@ -317,7 +323,7 @@ def test_training_apis(http: httpx.Client, images: ImageServer) -> None:
     task_id = started["train_task_id"]
     assert task_id.startswith("Train-imgSeg-") and started["task_status"] == 300 and started["task_type"] == "train"
     failure(http.post("/imgSeg/v1/startTrain", json=start), 409, 800)
-    done = wait_for_training(http, task_id)
+    done = wait_for_training(http, task_id, user_id="trainer")
     assert done["task_status"] == 200 and done["model_ready"], done
     assert done["epoch"] == 1 and done["modelEpoch"] == 1 and len(done["valAccList"]) == 1
     assert set(done["labels"]) == set(COMPONENT_TYPES) and len(done["singleAcc"]) == len(done["labels"])
@@ -335,3 +341,61 @@ def test_training_apis(http: httpx.Client, images: ImageServer) -> None:
     assert failure(http.post("/imgSeg/v1/queryTrain", json=unknown), 404, 803)["train_task_id"] == "Train-imgSeg-nope"
     failure(http.post("/imgSeg/v1/stopTrain", json=unknown), 404, 803)
     failure(http.post("/imgSeg/v1/startTrain", json={**start, "train_params": {"epochs": -1}}), 400, 807)
+
+
+def _native_envelope(error: grpc.RpcError) -> dict:
+    """The 004 envelope a native gRPC client finds in the status details."""
+    raw = dict(error.trailing_metadata() or ())["grpc-status-details-bin"]
+    [detail] = status_pb2.Status.FromString(raw).details
+    envelope = envelope_pb2.ErrorEnvelope()
+    assert detail.Unpack(envelope)
+    return {"status": envelope.status, "err": int(envelope.payload["err"]), "user_id": envelope.payload["user_id"]}
+
+
+@pytest.mark.usefixtures("default_classifier")
+def test_trainings_belong_to_the_user_who_started_them(http: httpx.Client, platform: PlatformInstance) -> None:
+    start, query, stop = "/imgSeg/v1/startTrain", "/imgSeg/v1/queryTrain", "/imgSeg/v1/stopTrain"
+    # No user_id: nothing starts (it used to start an "anonymous" training that blocked everyone with 800).
+    # The service answers 807; the gateway may refuse a missing required field before it does (806).
+    for body in ({}, {"user_id": "", "task_type": "train"}):
+        response = http.post(start, json=body)
+        assert failure(response, 400, response.json()["payload"]["err"])["err"] in (806, 807)
+    assert failure(http.post(start, json={"user_id": "  "}), 400, 807)["detail"] == "user_id is required"
+    # Native gRPC clients on the service's own port get the service's 807 as well.
+    with grpc.insecure_channel(platform.service_target("segmentation")) as channel:
+        stub = segmentation_pb2_grpc.ClassifierTrainingStub(channel)
+        calls = [
+            lambda: stub.StartTraining(segmentation_pb2.StartTrainingRequest(task_type="train")),
+            lambda: stub.QueryTraining(segmentation_pb2.TrainingTaskRequest(train_task_id=DEFAULT_CLASSIFIER)),
+            lambda: stub.StopTraining(segmentation_pb2.TrainingTaskRequest(train_task_id=DEFAULT_CLASSIFIER)),
+        ]
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as refused:
+                call()
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert _native_envelope(refused.value) == {"status": 400, "err": 807, "user_id": ""}
+
+    body = {"user_id": "alice", "task_type": "train", "train_params": {"epochs": 50, "batch_size": 16}}
+    task_id = ok_payload(http.post(start, json=body))["train_task_id"]
+    theirs = {"train_task_id": task_id, "user_id": "mallory", "task_type": "train"}
+    nobodys = {**theirs, "train_task_id": "Train-imgSeg-7de43a30-fa97-4da2-ace6-ebbc4746bd0f"}
+    for route in (query, stop):
+        refused = failure(http.post(route, json=theirs), 404, 803)
+        unknown = failure(http.post(route, json=nobodys), 404, 803)
+        # The answer of an unknown id, with mallory's own fields echoed: nothing says alice's task exists.
+        assert {**refused, "detail": ""} == {**theirs, "err": 803, "detail": ""}
+        assert refused["detail"] == unknown["detail"].replace(nobodys["train_task_id"], task_id)
+    busy = failure(http.post(start, json={**body, "user_id": "mallory"}), 409, 800)
+    assert task_id not in busy["detail"] and busy["user_id"] == "mallory"
+    mine = ok_payload(http.post(query, json={**theirs, "user_id": "alice"}))
+    assert (mine["user_id"], mine["task_status"]) == ("alice", 300)  # mallory's stop did not stop it
+    stopped = ok_payload(http.post(stop, json={**theirs, "user_id": "alice"}))
+    assert (stopped["train_task_id"], stopped["user_id"], stopped["task_status"]) == (task_id, "alice", 500)
+
+    # The built-in classifier's training is the platform's: everyone may read it, nobody may stop it.
+    builtin = {"train_task_id": DEFAULT_CLASSIFIER, "user_id": "mallory", "task_type": "train"}
+    progress = ok_payload(http.post(query, json=builtin))
+    assert (progress["user_id"], progress["task_status"], progress["model_ready"]) == ("system", 200, True)
+    refused = failure(http.post(stop, json=builtin), 403, 807)
+    assert refused["train_task_id"] == DEFAULT_CLASSIFIER and "cannot be stopped" in refused["detail"]
+    assert ok_payload(http.post(query, json=builtin))["task_status"] == 200

@@ -22,6 +22,10 @@ stops the worker with SIGTERM (it saves its position within the epoch) and gives
 The built-in classifier (DEFAULT_MODEL_ID) is an ordinary training of rendered components only (no
 downloads), created by `ensure_builtin` at the first start (and queued again at a start after it failed);
 `resolve_model("")` names it unless the operator configured another default.
+
+Owners: a training belongs to the `user_id` that started it. Only that user may query or stop it; to anyone
+else it does not exist (err 803, as for an unknown id), so nobody learns another user's task ids. The built-in
+classifier's training is the platform's: every user may query it, nobody may stop it.
 """
 
 from __future__ import annotations
@@ -136,6 +140,14 @@ def _log_tail(path: Path) -> str:
     return "\n".join([line for line in text.splitlines() if line.strip()][-_DETAIL_LINES:])
 
 
+def _check_user_id(user_id: str) -> None:
+    """The document takes user_id as given (传入什么使用什么), but it must be there: it names the owner."""
+    if not user_id.strip():
+        raise EnvelopeError(Err.INVALID_PARAMETER, "user_id is required")
+    if len(user_id) > _MAX_USER_ID_LENGTH:
+        raise EnvelopeError(Err.INVALID_PARAMETER, f"user_id must have at most {_MAX_USER_ID_LENGTH} characters")
+
+
 def _check_params(task_type: str, epochs: int, batch_size: int, learning_rate: float) -> None:
     if task_type != TASK_TYPE:
         raise EnvelopeError(Err.INVALID_PARAMETER, f"task_type must be {TASK_TYPE!r}, not {task_type!r}")
@@ -195,9 +207,8 @@ class TrainingManager:
         self, user_id: str, task_type: str, *, epochs: int, batch_size: int, learning_rate: float
     ) -> TrainingState:
         """A new training of `user_id`'s resources and rendered components; err 800 while one is running."""
+        _check_user_id(user_id)
         _check_params(task_type, epochs, batch_size, learning_rate)
-        if not 1 <= len(user_id) <= _MAX_USER_ID_LENGTH:
-            raise EnvelopeError(Err.INVALID_PARAMETER, f"user_id must have 1 to {_MAX_USER_ID_LENGTH} characters")
         params = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate}
         async with self._lock:
             state = await asyncio.to_thread(self._create_user_training, user_id, params)
@@ -205,14 +216,24 @@ class TrainingManager:
         log.info("classifier training created", task_id=state.task_id, user_id=user_id, **params)
         return state
 
-    async def query(self, task_id: str) -> TrainingState:
-        return await asyncio.to_thread(self._state_of, task_id)
+    async def query(self, task_id: str, user_id: str) -> TrainingState:
+        """A training of `user_id` (or the built-in classifier's); err 803 for any other."""
+        _check_user_id(user_id)
+        return await asyncio.to_thread(self._state_for, task_id, user_id)
 
-    async def stop(self, task_id: str) -> TrainingState:
-        """Stop a training: a running worker gets SIGTERM (and keeps the best model so far, if any), a waiting
-        training is marked stopped, a finished one is answered as it is."""
+    async def stop(self, task_id: str, user_id: str) -> TrainingState:
+        """Stop a training of `user_id`: a running worker gets SIGTERM (and keeps the best model so far, if any),
+        a waiting training is marked stopped, a finished one is answered as it is. The built-in classifier's
+        training cannot be stopped: requests naming no model depend on it."""
+        _check_user_id(user_id)
         async with self._lock:
-            state = await asyncio.to_thread(self._state_of, task_id)
+            state = await asyncio.to_thread(self._state_for, task_id, user_id)
+            if state.task_id == DEFAULT_MODEL_ID:
+                raise EnvelopeError(
+                    Err.INVALID_PARAMETER,
+                    f"{DEFAULT_MODEL_ID} is the platform's built-in classifier: it cannot be stopped",
+                    http_status=403,
+                )
             running = self._running
             if running is None or running.task_id != state.task_id:
                 return await asyncio.to_thread(self._stop_waiting, state.task_id)
@@ -220,7 +241,7 @@ class TrainingManager:
             self._signal(running, signal.SIGTERM)
         log.info("classifier training stop requested", task_id=state.task_id)
         await self._wait_or_kill(running)
-        return await self.query(state.task_id)
+        return await asyncio.to_thread(self._state_of, state.task_id)
 
     def resolve_model(self, model_id: str) -> ClassifierModel:
         """The classifier a request names ("" = the default); err 805 when there is none to use, and why."""
@@ -271,7 +292,7 @@ class TrainingManager:
     def _create_user_training(self, user_id: str, params: dict[str, Any]) -> TrainingState:
         with self._db() as session:
             running = session.scalar(
-                select(TrainingTaskRow.task_id).where(TrainingTaskRow.task_status == TaskStatus.RUNNING).limit(1)
+                select(TrainingTaskRow).where(TrainingTaskRow.task_status == TaskStatus.RUNNING).limit(1)
             )
             resources = list(
                 session.scalars(
@@ -281,7 +302,9 @@ class TrainingManager:
                 )
             )
         if running is not None:
-            raise EnvelopeError(Err.TRAINING_RUNNING, f"Training {running} is running: one training runs at a time")
+            # Named only to a user who may query it: another user's task id stays unknown to everyone else.
+            which = f"Training {running.task_id}" if _visible(running, user_id) else "Another user's training"
+            raise EnvelopeError(Err.TRAINING_RUNNING, f"{which} is running: one training runs at a time")
         return self._create(
             f"{TASK_PREFIX}{uuid.uuid4()}",
             user_id,
@@ -358,11 +381,23 @@ class TrainingManager:
             row = session.scalar(select(TrainingTaskRow).where(func.lower(TrainingTaskRow.task_id) == wanted.lower()))
         return row
 
-    def _state_of(self, task_id: str) -> TrainingState:
+    def _state_for(self, task_id: str, user_id: str) -> TrainingState:
+        """The state of a training `user_id` may see; one of another user is answered as unknown."""
         with self._db() as session:
             row = self._find(session, task_id)
+        if row is not None and not _visible(row, user_id):
+            log.info("training task of another user asked for", task_id=row.task_id, user_id=user_id)
+            row = None
         if row is None:
             raise EnvelopeError(Err.UNKNOWN_TASK, f"Training task {task_id.strip()!r} does not exist")
+        return _state(row)
+
+    def _state_of(self, task_id: str) -> TrainingState:
+        """The state of a training found by the manager itself (no owner to check)."""
+        with self._db() as session:
+            row = session.get(TrainingTaskRow, task_id)
+        if row is None:
+            raise EnvelopeError(Err.UNKNOWN_TASK, f"Training task {task_id!r} does not exist")
         return _state(row)
 
     # -- running -------------------------------------------------------------------------------------------
@@ -552,6 +587,11 @@ class TrainingManager:
         if running is not None:
             self._signal(running, signal.SIGTERM)
             await self._wait_or_kill(running)
+
+
+def _visible(row: TrainingTaskRow, user_id: str) -> bool:
+    """Whether `user_id` may see a training: their own, or the built-in classifier's (the platform's)."""
+    return row.task_id == DEFAULT_MODEL_ID or row.user_id == user_id
 
 
 def _state(row: TrainingTaskRow) -> TrainingState:

@@ -1,4 +1,4 @@
-"""services.segmentation.domain.training: the training APIs' rules (800, 803, 805, 807), and tiny real trainings
+"""services.segmentation.domain.training: the training APIs' rules (800, 803, 805, 807, owners), and tiny real trainings
 through the real worker process (a few rendered images per type, one or two epochs) into a Triton repository
 on disk: done, stopped, failed, and resumed after a shut-down and after the service was killed."""
 
@@ -41,6 +41,7 @@ from services.segmentation.storage.tables import (
 
 TRAINING_DEADLINE_S = 120.0
 TINY = {"epochs": 1, "batch_size": 8, "learning_rate": 0.001}
+OWNER = "u"  # the user who starts the tests' trainings
 
 
 @dataclass
@@ -134,7 +135,7 @@ async def wait_for_state(
     manager: TrainingManager, task_id: str, condition: Callable[[TrainingState], bool]
 ) -> TrainingState:
     async with asyncio.timeout(TRAINING_DEADLINE_S):
-        while not condition(state := await manager.query(task_id)):
+        while not condition(state := await manager.query(task_id, OWNER)):
             await asyncio.sleep(0.05)
     return state
 
@@ -175,8 +176,11 @@ def test_start_answers_running_and_refuses_a_second_training(setup: Setup) -> No
         "valLossList": [],
     }
     with pytest.raises(EnvelopeError) as raised:
+        asyncio.run(manager.start("user_0629_01", "train", **TINY))
+    assert raised.value.err == Err.TRAINING_RUNNING and first.task_id in raised.value.detail  # the user's own
+    with pytest.raises(EnvelopeError) as raised:
         asyncio.run(manager.start("someone_else", "train", **TINY))
-    assert raised.value.err == Err.TRAINING_RUNNING and first.task_id in raised.value.detail
+    assert raised.value.err == Err.TRAINING_RUNNING and first.task_id not in raised.value.detail
 
 
 def test_the_builtin_training_counts_as_running(setup: Setup) -> None:
@@ -188,7 +192,7 @@ def test_the_builtin_training_counts_as_running(setup: Setup) -> None:
     spec = json.loads((setup.files.training_dir(DEFAULT_MODEL_ID) / SPEC_FILE).read_text())
     assert (spec["epochs"], spec["rendered_per_class"], spec["heldout_per_class"], spec["resources"]) == (1, 4, 2, [])
     with pytest.raises(EnvelopeError) as raised:
-        asyncio.run(manager.start("u", "train", **TINY))
+        asyncio.run(manager.start(OWNER, "train", **TINY))
     assert raised.value.err == Err.TRAINING_RUNNING
 
 
@@ -224,7 +228,7 @@ def test_zero_builtin_epochs_means_no_builtin_classifier(setup: Setup) -> None:
 )
 def test_invalid_parameters_are_807(setup: Setup, task_type: str, changes: dict[str, Any]) -> None:
     with pytest.raises(EnvelopeError) as raised:
-        asyncio.run(setup.manager().start("u", task_type, **{**TINY, **changes}))
+        asyncio.run(setup.manager().start(OWNER, task_type, **{**TINY, **changes}))
     assert raised.value.err == Err.INVALID_PARAMETER
 
 
@@ -233,22 +237,73 @@ def test_unknown_tasks_are_803(setup: Setup) -> None:
     for task_id in ("Train-imgseg-7de43a30-fa97-4da2-ace6-ebbc4746bd0f", ""):
         for call in (manager.query, manager.stop):
             with pytest.raises(EnvelopeError) as raised:
-                asyncio.run(call(task_id))
+                asyncio.run(call(task_id, OWNER))
             assert raised.value.err == Err.UNKNOWN_TASK
+
+
+@pytest.mark.parametrize("user_id", ["", "   ", "x" * 129])
+def test_a_missing_or_invalid_user_id_is_807(setup: Setup, user_id: str) -> None:
+    manager = setup.manager()
+    task_id = asyncio.run(manager.start(OWNER, "train", **TINY)).task_id
+    calls = [
+        manager.start(user_id, "train", **TINY),
+        manager.query(task_id, user_id),
+        manager.stop(task_id, user_id),
+    ]
+    for call in calls:
+        with pytest.raises(EnvelopeError) as raised:
+            asyncio.run(call)
+        assert raised.value.err == Err.INVALID_PARAMETER and "user_id" in raised.value.detail
+    assert setup.row(task_id).task_status == TaskStatus.RUNNING
+
+
+def test_only_the_owner_may_query_or_stop_a_training(setup: Setup) -> None:
+    manager = setup.manager()
+    task_id = asyncio.run(manager.start("alice", "train", **TINY)).task_id
+    unknown = "Train-imgSeg-7de43a30-fa97-4da2-ace6-ebbc4746bd0f"
+    for call in (manager.query, manager.stop):
+        with pytest.raises(EnvelopeError) as theirs:
+            asyncio.run(call(task_id, "mallory"))
+        with pytest.raises(EnvelopeError) as nobodys:
+            asyncio.run(call(unknown, "mallory"))
+        # Exactly what an unknown id gets: nothing tells mallory that alice's task exists.
+        assert (theirs.value.err, theirs.value.http_status) == (nobodys.value.err, nobodys.value.http_status)
+        assert theirs.value.err == Err.UNKNOWN_TASK
+        assert theirs.value.detail == nobodys.value.detail.replace(unknown, task_id)
+    with pytest.raises(EnvelopeError):
+        asyncio.run(manager.query(task_id, "Alice"))  # user ids are taken as given: another user
+    assert setup.row(task_id).task_status == TaskStatus.RUNNING  # mallory's stop changed nothing
+    assert asyncio.run(manager.query(task_id, "alice")).user_id == "alice"
+    assert asyncio.run(manager.stop(task_id, "alice")).task_status == TaskStatus.STOPPED
+
+
+def test_the_builtin_training_is_readable_by_all_and_stoppable_by_none(setup: Setup) -> None:
+    manager = setup.manager()
+    manager.ensure_builtin()
+    for user_id in ("mallory", "system"):
+        state = asyncio.run(manager.query("train-imgseg-default", user_id))
+        assert (state.task_id, state.user_id, state.task_status) == (DEFAULT_MODEL_ID, "system", 300)
+        with pytest.raises(EnvelopeError) as raised:
+            asyncio.run(manager.stop(DEFAULT_MODEL_ID, user_id))
+        assert (raised.value.err, raised.value.http_status) == (Err.INVALID_PARAMETER, 403)
+    with pytest.raises(EnvelopeError) as raised:  # the running built-in is named: it is no secret
+        asyncio.run(manager.start("mallory", "train", **TINY))
+    assert raised.value.err == Err.TRAINING_RUNNING and DEFAULT_MODEL_ID in raised.value.detail
+    assert setup.row(DEFAULT_MODEL_ID).task_status == TaskStatus.RUNNING
 
 
 def test_task_ids_are_found_in_any_letter_case(setup: Setup) -> None:
     manager = setup.manager()
-    task_id = asyncio.run(manager.start("u", "train", **TINY)).task_id
+    task_id = asyncio.run(manager.start(OWNER, "train", **TINY)).task_id
     spelled = " " + task_id.replace("imgSeg", "imgseg") + " "  # the document's spelling, a stray space
-    assert asyncio.run(manager.query(spelled)).task_id == task_id
+    assert asyncio.run(manager.query(spelled, OWNER)).task_id == task_id
 
 
 def test_the_spec_snapshots_the_users_resources(setup: Setup) -> None:
-    mine = setup.add_resource("u", "a", "Button", (200, 0, 0))
+    mine = setup.add_resource(OWNER, "a", "Button", (200, 0, 0))
     setup.add_resource("someone_else", "b", "Input", (0, 200, 0))
     manager = setup.manager()
-    task_id = asyncio.run(manager.start("u", "train", **TINY)).task_id
+    task_id = asyncio.run(manager.start(OWNER, "train", **TINY)).task_id
     spec = json.loads((setup.files.training_dir(task_id) / SPEC_FILE).read_text())
     assert spec["rendered_per_class"] == 4 and spec["heldout_per_class"] == 0 and spec["threads"] == 1
     [resource] = spec["resources"]
@@ -261,11 +316,11 @@ def test_the_spec_snapshots_the_users_resources(setup: Setup) -> None:
 
 def test_stopping_a_training_that_has_not_started(setup: Setup) -> None:
     manager = setup.manager()
-    task_id = asyncio.run(manager.start("u", "train", **TINY)).task_id
-    assert asyncio.run(manager.stop(task_id)).task_status == TaskStatus.STOPPED
-    assert asyncio.run(manager.stop(task_id)).task_status == TaskStatus.STOPPED  # unchanged
-    second = asyncio.run(manager.start("u", "train", **TINY))  # a stopped training no longer blocks
-    asyncio.run(manager.stop(second.task_id))
+    task_id = asyncio.run(manager.start(OWNER, "train", **TINY)).task_id
+    assert asyncio.run(manager.stop(task_id, OWNER)).task_status == TaskStatus.STOPPED
+    assert asyncio.run(manager.stop(task_id, OWNER)).task_status == TaskStatus.STOPPED  # unchanged
+    second = asyncio.run(manager.start(OWNER, "train", **TINY))  # a stopped training no longer blocks
+    asyncio.run(manager.stop(second.task_id, OWNER))
     run_with(manager, lambda: asyncio.sleep(0.3))  # the runner never launches a stopped training
     for stopped in (task_id, second.task_id):
         assert setup.row(stopped).attempts == 0
@@ -274,7 +329,7 @@ def test_stopping_a_training_that_has_not_started(setup: Setup) -> None:
 
 def test_a_training_interrupted_too_often_fails(setup: Setup) -> None:
     manager = setup.manager(max_attempts=2)
-    task_id = asyncio.run(manager.start("u", "train", **TINY)).task_id
+    task_id = asyncio.run(manager.start(OWNER, "train", **TINY)).task_id
     setup.update(task_id, attempts=2)
     state = run_with(manager, lambda: wait_for_state(manager, task_id, finished))
     assert (state.task_status, state.detail) == (TaskStatus.FAILED, "interrupted 2 times")
@@ -295,7 +350,7 @@ def test_resolve_model(setup: Setup) -> None:
         manager.resolve_model("Train-imgSeg-3e8e29da-6e42-4d2d-961c-4e95f562b6ad")
     assert raised.value.err == Err.MODEL_ID_ERROR and "does not exist" in raised.value.detail
 
-    failed = asyncio.run(manager.start("u", "train", **TINY)).task_id
+    failed = asyncio.run(manager.start(OWNER, "train", **TINY)).task_id
     setup.update(failed, task_status=400, detail="the training worker exited with code 1: MemoryError")
     with pytest.raises(EnvelopeError) as raised:
         manager.resolve_model(failed)
@@ -312,29 +367,28 @@ def test_resolve_model(setup: Setup) -> None:
 
 
 @pytest.mark.slow
-def test_stopping_the_running_builtin_training_keeps_its_best_model(setup: Setup) -> None:
-    manager = setup.manager(builtin_epochs=200)
-    manager.ensure_builtin()
+def test_stopping_a_running_training_keeps_its_best_model(setup: Setup) -> None:
+    manager = setup.manager(builtin_epochs=0)
+    task_id = asyncio.run(manager.start(OWNER, "train", **{**TINY, "epochs": 200})).task_id
 
     async def stop_after_an_epoch() -> TrainingState:
-        await wait_for_state(manager, DEFAULT_MODEL_ID, lambda state: len(state.progress["valAccList"]) >= 1)
-        return await manager.stop("train-imgseg-default")
+        await wait_for_state(manager, task_id, lambda state: len(state.progress["valAccList"]) >= 1)
+        return await manager.stop(task_id.lower(), OWNER)
 
     state = run_with(manager, stop_after_an_epoch)
-    assert (state.task_id, state.task_status) == (DEFAULT_MODEL_ID, TaskStatus.STOPPED)
-    assert setup.row(DEFAULT_MODEL_ID).attempts == 1
-    assert state.model_ready and setup.ready_models == [DEFAULT_MODEL_ID]
+    assert (state.task_id, state.task_status) == (task_id, TaskStatus.STOPPED)
+    assert setup.row(task_id).attempts == 1
+    assert state.model_ready and setup.ready_models == [task_id]
     assert state.progress["epoch"] < 200 and state.progress["modelEpoch"] >= 1
-    assert state.progress["dataset_num"] == 10 * 4  # rendered only (the held-out images are separate)
-    assert state.heldout_acc is None  # a stopped training is not measured on them: stopping stays quick
-    assert_in_repository(setup, DEFAULT_MODEL_ID, state.progress["labels"])
-    assert manager.resolve_model("").model_id == DEFAULT_MODEL_ID
+    assert state.progress["dataset_num"] == 10 * 4  # rendered only: the user added no resources
+    assert_in_repository(setup, task_id, state.progress["labels"])
+    assert manager.resolve_model(task_id).model_id == task_id
 
 
 @pytest.mark.slow
 def test_a_failing_worker_fails_the_training_with_its_reason(setup: Setup) -> None:
     manager = setup.manager()
-    task_id = asyncio.run(manager.start("u", "train", **TINY)).task_id
+    task_id = asyncio.run(manager.start(OWNER, "train", **TINY)).task_id
     spec_file = setup.files.training_dir(task_id) / SPEC_FILE
     spec_file.write_text(json.dumps({**json.loads(spec_file.read_text()), "rendered_per_class": 0}))  # no data
     state = run_with(manager, lambda: wait_for_state(manager, task_id, finished))
@@ -348,10 +402,10 @@ def test_a_failing_worker_fails_the_training_with_its_reason(setup: Setup) -> No
 
 @pytest.mark.slow
 def test_a_training_survives_a_shut_down_and_a_crash_and_produces_a_usable_model(setup: Setup) -> None:
-    setup.add_resource("u", "red_button", "Button", (200, 30, 30))
-    setup.add_resource("u", "grey_input", "Input", (230, 230, 230))
+    setup.add_resource(OWNER, "red_button", "Button", (200, 30, 30))
+    setup.add_resource(OWNER, "grey_input", "Input", (230, 230, 230))
     first = setup.manager()
-    task_id = asyncio.run(first.start("u", "train", **{**TINY, "epochs": 2})).task_id
+    task_id = asyncio.run(first.start(OWNER, "train", **{**TINY, "epochs": 2})).task_id
     # run_with shuts the manager down once the first epoch has been validated: the worker is stopped ...
     run_with(first, lambda: wait_for_state(first, task_id, lambda state: len(state.progress["valAccList"]) >= 1))
     paused = setup.row(task_id)  # ... and the training waits for the next start, its attempt given back
