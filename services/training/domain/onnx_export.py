@@ -21,7 +21,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from services.common.processes import dying_with_parent
 from services.common.storage.files import STAGING_PREFIX, fsync_dir
+from services.training.domain.reasons import last_exception
 
 EXPORT_TIMEOUT_S = 600.0
 _STDERR_TAIL_CHARS = 3000
@@ -46,7 +48,12 @@ print(__MARKER__ + json.dumps({"onnx": str(exported), "output_shapes": shapes}),
 
 
 class ExportError(RuntimeError):
-    """The export failed; the message ends with the tail of the exporter's output."""
+    """The export failed. The message is the reason as users may read it (no traceback, no server paths);
+    `output` is the tail of the exporter's output, for the service log."""
+
+    def __init__(self, reason: str, output: str = "") -> None:
+        super().__init__(reason)
+        self.output = output
 
 
 def export_onnx(
@@ -67,7 +74,7 @@ def export_onnx(
     opset None lets Ultralytics pick the newest its torch supports (18 today; onnxruntime 1.32 loads it).
     """
     if not weights.is_file():
-        raise ExportError(f"No weights to export at {weights}")
+        raise ExportError("No weights to export: the model's best.pt is missing", output=str(weights))
     output.parent.mkdir(parents=True, exist_ok=True)
     # Work next to `output` (same file system, so the final rename is atomic); Ultralytics writes the .onnx
     # beside the .pt it exports.
@@ -86,11 +93,13 @@ def export_onnx(
             # Ultralytics' restricted loading (weights_only + its allowlist) instead of a full unpickle.
             "ULTRALYTICS_SAFE_LOAD": "1",
         }
-        stdout = _run([sys.executable, "-c", _EXPORT_SCRIPT, json.dumps(arguments)], work, child_env, timeout)
+        # The exporter never outlives the service (a restart exports the model again).
+        command = dying_with_parent([sys.executable, "-c", _EXPORT_SCRIPT, json.dumps(arguments)], signal.SIGKILL)
+        stdout = _run(command, work, child_env, timeout)
         result = _parse_result(stdout)
         exported = Path(result["onnx"])
         if not exported.is_file() or not exported.resolve().is_relative_to(work.resolve()):
-            raise ExportError(f"The exporter reported {exported}, which is not an ONNX file it wrote")
+            raise ExportError("The exporter reported an ONNX file it did not write", output=str(exported))
         shapes = result.get("output_shapes")
         # Batch-first outputs for the one-image test input: (1, 4 + classes, anchors) for detection.
         if not isinstance(shapes, list) or not shapes or any(len(shape) < 2 or shape[0] != 1 for shape in shapes):
@@ -118,14 +127,14 @@ def _run(command: Sequence[str], cwd: Path, env: dict[str, str], timeout: float)
         except subprocess.TimeoutExpired:
             _kill_group(process)
             stdout, stderr = process.communicate()
-            raise ExportError(
-                f"ONNX export timed out after {timeout:g} s; last output:\n{_tail(stderr or stdout)}"
-            ) from None
+            raise ExportError(f"ONNX export timed out after {timeout:g} s", output=_tail(stderr or stdout)) from None
         except BaseException:
             _kill_group(process)
             raise
     if process.returncode != 0:
-        raise ExportError(f"ONNX export failed (exit code {process.returncode}):\n{_tail(stderr or stdout)}")
+        output = _tail(stderr or stdout)
+        reason = last_exception(output) or f"the exporter exited with code {process.returncode}"
+        raise ExportError(f"ONNX export failed: {reason}", output=output)
     return stdout
 
 
@@ -145,4 +154,4 @@ def _parse_result(stdout: str) -> dict[str, object]:
             result = json.loads(line.removeprefix(_RESULT_MARKER))
             if isinstance(result, dict) and isinstance(result.get("onnx"), str):
                 return result
-    raise ExportError(f"The exporter finished without reporting a result; its output:\n{_tail(stdout)}")
+    raise ExportError("The exporter finished without reporting a result", output=_tail(stdout))

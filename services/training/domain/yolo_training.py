@@ -35,6 +35,8 @@ import yaml
 
 from services.common.clock import iso, utcnow
 from services.common.storage.files import atomic_write_text
+from services.training.domain.metrics import from_ultralytics
+from services.training.domain.reasons import ANSI_ESCAPE, fit_for_users, without_server_paths
 from services.training.ultralytics_env import ultralytics_environment
 
 RUN_NAME = "train"
@@ -42,14 +44,6 @@ WEIGHTS_SOURCE_FILE = "weights_source.txt"
 EXIT_OK = 0  # completed or stopped
 EXIT_FAILED = 1
 
-# Ultralytics metric keys -> the names in progress.json, result.json and the log.
-_METRICS = {
-    "metrics/precision(B)": "precision",
-    "metrics/recall(B)": "recall",
-    "metrics/mAP50(B)": "mAP50",
-    "metrics/mAP50-95(B)": "mAP50-95",
-}
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.pt$")
 
 
@@ -120,8 +114,10 @@ class JobSpec:
 def load_spec(job_dir: Path) -> JobSpec:
     try:
         raw = json.loads((job_dir / "job.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise JobError(f"cannot read {job_dir / 'job.json'}: {error}") from error
+    except OSError as error:
+        raise JobError(f"cannot read job.json: {error.strerror}") from error
+    except ValueError as error:
+        raise JobError(f"cannot read job.json: {error}") from error
     return JobSpec.from_dict(raw)
 
 
@@ -138,7 +134,7 @@ class JobLog:
 
     def __call__(self, message: str) -> None:
         stamp = iso(utcnow())
-        text = _ANSI.sub("", message).rstrip()
+        text = ANSI_ESCAPE.sub("", message).rstrip()
         for line in [line.rstrip() for line in text.splitlines() if line.strip()] or [""]:
             os.write(self._fd, f"[{stamp}] {line}\n".encode())
 
@@ -209,7 +205,7 @@ def resolve_weights(spec: JobSpec, log: JobLog) -> Weights:
         _require_detection(pretrained)
         return Weights(str(pretrained), f"pretrained:{pretrained}")
     architecture = f"{model[: -len('.pt')]}.yaml"
-    _require_architecture(model, architecture, spec.weights_dir)
+    _require_architecture(model, architecture)
     log(
         f"pretrained weights {model} not found in {spec.weights_dir}: "
         f"training {model[: -len('.pt')]} from scratch ({architecture}, random initial weights)"
@@ -217,7 +213,7 @@ def resolve_weights(spec: JobSpec, log: JobLog) -> Weights:
     return Weights(architecture, f"scratch:{architecture}")
 
 
-def _require_architecture(model: str, architecture: str, weights_dir: Path) -> None:
+def _require_architecture(model: str, architecture: str) -> None:
     """Only model yamls that ship with Ultralytics; anything else would make it search, or download."""
     from ultralytics.nn.tasks import guess_model_task, yaml_model_load
 
@@ -225,8 +221,8 @@ def _require_architecture(model: str, architecture: str, weights_dir: Path) -> N
         config = yaml_model_load(architecture)
     except (FileNotFoundError, OSError) as error:
         raise JobError(
-            f"unknown model {model!r}: not in {weights_dir} and not an Ultralytics model architecture "
-            f"(no {architecture})"
+            f"unknown model {model!r}: no pretrained weights of that name on this server, and not an Ultralytics "
+            f"model architecture (no {architecture})"
         ) from error
     task = guess_model_task(config)
     if task != "detect":
@@ -239,7 +235,7 @@ def _require_detection(path: Path) -> None:
     try:
         model, _ = load_checkpoint(str(path))
     except Exception as error:  # any load failure means the same thing to the user
-        raise JobError(f"cannot load {path}: {_clean(str(error))}") from error
+        raise JobError(f"cannot load {path.name}: {without_server_paths(fit_for_users(str(error)))}") from error
     task = getattr(model, "task", "detect")
     if task != "detect":
         raise JobError(f"{path.name} is a {task} model: training supports detection models only")
@@ -286,19 +282,16 @@ def _read_checkpoint(path: Path) -> _Checkpoint:
     try:
         ckpt, _ = torch_safe_load(str(path))
     except Exception as error:  # a damaged checkpoint is one user-facing condition
-        raise JobError(f"cannot read checkpoint {path}: {_clean(str(error))}") from error
+        reason = without_server_paths(fit_for_users(str(error)))
+        raise JobError(f"cannot read checkpoint {path.name}: {reason}") from error
     epoch = int(ckpt.get("epoch", -1))
     args = ckpt.get("train_args") or {}
     return _Checkpoint(
         completed=epoch + 1,
         total=int(args.get("epochs") or 0),
         resumable=epoch >= 0 and ckpt.get("optimizer") is not None,
-        metrics=_metrics(ckpt.get("train_metrics") or {}),
+        metrics=from_ultralytics(ckpt.get("train_metrics") or {}),
     )
-
-
-def _metrics(raw: dict[str, Any]) -> dict[str, float]:
-    return {name: float(raw[key]) for key, name in _METRICS.items() if key in raw and raw[key] is not None}
 
 
 def _losses(trainer: Any) -> dict[str, float]:
@@ -313,14 +306,6 @@ def _json_numbers(values: dict[str, float]) -> dict[str, float | None]:
 
 def _format(values: dict[str, float] | dict[str, float | None]) -> str:
     return " ".join(f"{name}={'nan' if value is None else f'{value:.3f}'}" for name, value in values.items())
-
-
-def _clean(message: str) -> str:
-    """An exception message fit for users: no colours or emojis, and without Ultralytics' hint to edit its
-    settings file, which is not theirs to edit."""
-    text = _ANSI.sub("", message).replace("❌", "").replace("⚠️", "")
-    lines = [re.sub(r"[ \t]+", " ", line).strip() for line in text.splitlines()]
-    return "\n".join(line for line in lines if line and not line.startswith("Note dataset download directory"))
 
 
 def _classes_from_yaml(path: Path) -> list[str]:
@@ -385,7 +370,10 @@ class TrainingRun:
             status = "stopped"
         except Exception as exc:  # noqa: BLE001 - every failure becomes a failed result with its reason
             traceback.print_exc()  # the details for whoever reads the worker's stderr
-            status, error = "failed", _clean(str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}")
+            status, error = (
+                "failed",
+                fit_for_users(str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}"),
+            )
         result = self._result(status, error)
         error = result["error"]
         if status == "completed":
@@ -547,11 +535,11 @@ class TrainingRun:
 
     def _on_fit_epoch_end(self, trainer: Any) -> None:
         if self._loop_done:  # Ultralytics' final_eval: the best checkpoint's validation
-            self.final_metrics = _metrics(trainer.metrics or {})
+            self.final_metrics = from_ultralytics(trainer.metrics or {})
             self.log(f"Final validation: {_format(self.final_metrics)}")
             return
         self.completed = trainer.epoch + 1
-        losses, metrics = _losses(trainer), _metrics(trainer.metrics or {})
+        losses, metrics = _losses(trainer), from_ultralytics(trainer.metrics or {})
         seconds = f" ({trainer.epoch_time:.1f}s)" if trainer.epoch_time else ""
         self.log(f"Epoch {self.completed}/{trainer.epochs} {_format({**losses, **metrics})}{seconds}")
         progress = {"epoch": self.completed, "epochs": trainer.epochs, "metrics": _json_numbers({**losses, **metrics})}
@@ -576,7 +564,7 @@ class TrainingRun:
             except JobError:
                 metrics = None
         if metrics is None:
-            metrics = _metrics(getattr(trainer, "metrics", None) or {})
+            metrics = from_ultralytics(getattr(trainer, "metrics", None) or {})
         names = (getattr(trainer, "data", None) or {}).get("names")
         if isinstance(names, dict):
             classes = [str(name) for _, name in sorted(names.items())]
