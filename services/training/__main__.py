@@ -54,7 +54,7 @@ async def main(settings: TrainingSettings) -> None:
         weights_dir=settings.pretrained_weights_dir,
         threads_per_job=threads,
         stop_grace_seconds=settings.stop_grace_seconds,
-        on_model_registered=exporter.request,
+        export_for_serving=exporter.export,
     )
     await asyncio.to_thread(jobs.recover)
     background = [asyncio.create_task(exporter.run(), name="onnx-exports")]

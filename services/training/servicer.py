@@ -19,6 +19,7 @@ from services.common.uploads import receive_file
 from services.training.clients import GrpcServingControl
 from services.training.domain import logs
 from services.training.domain.jobs import JobManager, NewJob
+from services.training.domain.metrics import training_metrics
 from services.training.domain.models import ModelRegistry, ServingExporter
 from services.training.settings import TrainingSettings
 from services.training.storage.tables import JobRow, ModelRow
@@ -158,6 +159,7 @@ class ModelServicer(training_pb2_grpc.ModelServiceServicer):
         )
         if detail:
             message.metrics.CopyFrom(_struct(row.metrics))
+            message.training_metrics.CopyFrom(_struct(training_metrics(row.metrics)))
             message.history.extend(_struct(epoch) for epoch in self._models.history(row.model_id))
         return message
 
@@ -199,8 +201,8 @@ class ModelServicer(training_pb2_grpc.ModelServiceServicer):
                 "model.zip",
             )
             row = await asyncio.to_thread(self._models.register_upload, received)
-        self._exporter.request(row.model_id)
-        return await asyncio.to_thread(self._model, row, True)
+        exported = await self._exporter.export(row.model_id)  # answered once the model can be served (or failed)
+        return await asyncio.to_thread(self._model, exported, True)
 
     def ExportModel(
         self, request: pb.ModelRequest, context: grpc.aio.ServicerContext

@@ -17,7 +17,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.clock import timestamp_id, utcnow
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, NotFound, ServiceError
 from services.common.processes import dying_with_parent
 from services.common.storage.db import paged, transaction
 from services.common.storage.files import atomic_write_text, read_json_file, remove_tree
@@ -36,7 +36,7 @@ from services.training.domain.logs import append_line
 from services.training.domain.models import MODEL_ID, ModelRegistry, TrainedModel
 from services.training.domain.sources import DatasetSource
 from services.training.storage.files import TrainingFiles
-from services.training.storage.tables import JobRow
+from services.training.storage.tables import JobRow, ModelRow
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +44,8 @@ JOB_ID = re.compile(r"^job_\d{8}_\d{6}(_\d+)?$")
 # Detection model names Ultralytics knows how to build (yolov8n.pt, yolo11s.pt, yolov5nu.pt, ...).
 PRETRAINED_NAME = re.compile(r"^(yolov3|yolov5|yolov6|yolov8|yolov9|yolov10|yolo11|yolo12)[a-z]{0,2}u?\.pt$")
 FINISHED = frozenset({"completed", "failed", "stopped", "interrupted"})
+# A job's `error` when something other than the job itself failed (the details are in the service log).
+_UNEXPECTED_FAILURE = "The training service could not run the job (an internal error; its log has the details)"
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class JobManager:
         weights_dir: Path,
         threads_per_job: int,
         stop_grace_seconds: float,
-        on_model_registered: Callable[[str], None],
+        export_for_serving: Callable[[str], Awaitable[ModelRow]],
     ) -> None:
         self._db = db
         self._files = files
@@ -98,7 +100,7 @@ class JobManager:
         self._weights_dir = weights_dir
         self._threads = threads_per_job
         self._stop_grace = stop_grace_seconds
-        self._on_model_registered = on_model_registered
+        self._export_for_serving = export_for_serving
         self._active: dict[str, _Active] = {}
         self._shutting_down = False
         self._lock = asyncio.Lock()  # guards slot accounting and status changes of active jobs
@@ -126,10 +128,13 @@ class JobManager:
 
     def epochs_completed(self, row: JobRow) -> int:
         """Live for a running job (its worker's progress.json), as recorded otherwise."""
-        if row.status == "running":
-            progress = read_json_file(self._files.job_dir(row.job_id) / "progress.json")
-            return max(int(progress.get("epoch") or 0), row.epochs_completed)
-        return row.epochs_completed
+        return self._saved_epochs(row) if row.status == "running" else row.epochs_completed
+
+    def _saved_epochs(self, row: JobRow) -> int:
+        """The epochs the job's worker has completed and saved (its progress.json, written after each epoch's
+        last.pt), or what the row recorded before this run."""
+        progress = read_json_file(self._files.job_dir(row.job_id) / "progress.json")
+        return max(int(progress.get("epoch") or 0), row.epochs_completed)
 
     def is_finished(self, job_id: str) -> bool:
         return self.get(job_id).status in FINISHED
@@ -246,8 +251,9 @@ class JobManager:
                 await self._train(job_id, active)
             except Exception as error:
                 log.exception("training job failed")
-                append_line(log_file, f"Job failed: {error}")
-                self._update(job_id, status="failed", error=str(error), completed_at=utcnow())
+                reason = error.detail if isinstance(error, ServiceError) else _UNEXPECTED_FAILURE
+                append_line(log_file, f"Job failed: {reason}")
+                self._update(job_id, status="failed", error=reason, completed_at=utcnow())
             finally:
                 async with self._lock:
                     self._active.pop(job_id, None)
@@ -299,7 +305,7 @@ class JobManager:
         log.info("training worker started", pid=active.process.pid, resume=resume)
         code = await active.process.wait()
         if self._shutting_down:
-            self._update(job_id, status="interrupted", resume=True)
+            self._update(job_id, status="interrupted", resume=True, epochs_completed=self._saved_epochs(job))
             append_line(log_file, "Job interrupted: the training service is shutting down; resume continues it")
             return
         result = read_json_file(job_dir / "result.json")
@@ -337,10 +343,28 @@ class JobManager:
             )
             changes["model_id"] = model.model_id
             append_line(log_file, f"Registered model {model.model_id}")
-            self._on_model_registered(model.model_id)
+            # The job records its model before the export: a restart meanwhile must not train or register it again
+            # (recover completes it).
+            self._update(
+                job_id,
+                **{key: changes[key] for key in ("model_id", "epochs_completed", "weights_source") if key in changes},
+            )
+            append_line(log_file, "Exporting the model for serving (ONNX into Triton's model repository) ...")
+            append_line(log_file, await self._serving_outcome(model.model_id))
         self._update(job_id, **changes)
         append_line(log_file, f"Job {status}" + (f": {changes['error']}" if changes["error"] else ""))
         log.info("training job finished", status=status)
+
+    async def _serving_outcome(self, model_id: str) -> str:
+        """Wait for the model's export for serving (the job is `completed` only once its model can be served,
+        or has failed to export); the log line that tells how it went."""
+        try:
+            model = await self._export_for_serving(model_id)
+        except NotFound:
+            return f"Model {model_id} was deleted before its export for serving finished"
+        if model.export_status == "ready":
+            return f"Model {model_id} is ready for serving"
+        return f"Model {model_id} cannot be served: {model.export_error}"
 
     # -- stop, resume, delete ------------------------------------------------------------------------------
 
@@ -397,15 +421,23 @@ class JobManager:
     # -- start-up and shut-down ---------------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Jobs that were running when the service died have lost their worker: mark them interrupted."""
+        """Jobs that were running when the service died have lost their worker: mark them interrupted, with the
+        epochs their worker had saved (resume continues after those). A job that had registered its model was
+        only waiting for the model's export, which the ServingExporter resumes: it is completed."""
         with transaction(self._db) as session:
             for row in session.scalars(select(JobRow).where(JobRow.status == "running")):
-                row.status, row.resume = "interrupted", True
-                append_line(
-                    self._files.log_file(row.job_id),
-                    "Job interrupted: the training service stopped while it ran; resume continues it",
-                )
-                log.warning("training job interrupted", job_id=row.job_id)
+                row.epochs_completed = self._saved_epochs(row)
+                if row.model_id:
+                    row.status, row.resume, row.completed_at = "completed", False, utcnow()
+                    message = f"Job completed: the training service restarted while model {row.model_id} was exported"
+                else:
+                    row.status, row.resume = "interrupted", True
+                    message = (
+                        f"Job interrupted after {row.epochs_completed} completed epoch(s): the training service "
+                        "stopped while it ran; resume continues it"
+                    )
+                append_line(self._files.log_file(row.job_id), message)
+                log.warning("training job recovered", job_id=row.job_id, status=row.status)
 
     async def shutdown(self) -> None:
         """Service shut-down: workers are stopped at once; their jobs resume from last.pt after a restart."""

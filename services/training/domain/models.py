@@ -43,7 +43,7 @@ from services.common.uploads import ReceivedFile
 from services.training.domain.charts import read_history, render_training_chart
 from services.training.domain.checkpoints import inspect_checkpoint
 from services.training.domain.model_archive import model_zip_members, read_model_zip
-from services.training.domain.onnx_export import export_onnx
+from services.training.domain.onnx_export import ExportError, export_onnx
 from services.training.storage.files import TrainingFiles
 from services.training.storage.tables import JobRow, ModelRow
 
@@ -282,8 +282,9 @@ class ModelRegistry:
 
     # -- ONNX export into the Triton repository ----------------------------------------------------------
 
-    def export_for_serving(self, model_id: str) -> None:
-        """Export to ONNX and write the Triton model; the outcome is recorded on the model, not raised."""
+    def export_for_serving(self, model_id: str) -> ModelRow:
+        """Export to ONNX and write the Triton model; the outcome is recorded on the model (and returned with
+        it), not raised. NotFound if the model is deleted before or during the export."""
         row = self.get(model_id)
         try:
             onnx_file = export_onnx(
@@ -292,18 +293,21 @@ class ModelRegistry:
             write_triton_model(
                 self._triton_repository, model_id, onnx_file, row.classes, row.imgsz, settings=self._triton
             )
-        except Exception as error:  # noqa: BLE001 - any failure is recorded on the model for users to see
-            log.warning("onnx export failed", model_id=model_id, error=str(error))
-            self._set_export(model_id, "failed", str(error)[-2000:])
-            return
-        self._set_export(model_id, "ready", "")
+        except ExportError as error:
+            log.warning("onnx export failed", model_id=model_id, error=str(error), output=error.output)
+            return self._set_export(model_id, "failed", str(error))
+        except Exception:  # any failure is recorded on the model for users to see
+            log.exception("writing the model for serving failed", model_id=model_id)
+            return self._set_export(model_id, "failed", "The model could not be written into Triton's repository")
+        row = self._set_export(model_id, "ready", "")
         log.info("model exported for serving", model_id=model_id)
+        return row
 
-    def _set_export(self, model_id: str, status: str, error: str) -> None:
+    def _set_export(self, model_id: str, status: str, error: str) -> ModelRow:
         with transaction(self._db) as session:
-            row = session.get(ModelRow, model_id)
-            if row is not None:  # deleted meanwhile
-                row.export_status, row.export_error = status, error
+            row = self._load(session, model_id)  # NotFound: deleted meanwhile
+            row.export_status, row.export_error = status, error
+            return row
 
     def pending_exports(self) -> list[str]:
         with self._db() as session:
@@ -328,23 +332,49 @@ class ModelRegistry:
 
 
 class ServingExporter:
-    """Runs ONNX exports one at a time, in the background: an export takes seconds to minutes and a few
-    hundred MB, and must never sit in a request's path."""
+    """Runs ONNX exports one at a time, each in a worker thread (an export takes seconds to minutes and a few
+    hundred MB). A completed job and an upload wait for their model's export before they announce the model, so
+    that the model they hand out can be served at once; exports the registry still has pending at start-up
+    (interrupted by a restart) run first, with nobody waiting."""
 
     def __init__(self, registry: ModelRegistry) -> None:
         self._registry = registry
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, asyncio.Future[ModelRow] | None]] = asyncio.Queue()
 
-    def request(self, model_id: str) -> None:
-        self._queue.put_nowait(model_id)
+    async def export(self, model_id: str) -> ModelRow:
+        """Export the model after the exports queued before it; returns the model once its export has finished
+        (export_status ready or failed), NotFound if it is deleted first. A cancelled caller does not cancel
+        the export."""
+        finished: asyncio.Future[ModelRow] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((model_id, finished))
+        return await asyncio.shield(finished)
 
     async def run(self) -> None:
-        for model_id in await asyncio.to_thread(self._registry.pending_exports):
-            self.request(model_id)
-        while True:
-            model_id = await self._queue.get()
-            with structlog.contextvars.bound_contextvars(model_id=model_id):
-                try:
-                    await asyncio.to_thread(self._registry.export_for_serving, model_id)
-                except NotFound:
-                    continue  # deleted before its turn
+        pending = await asyncio.to_thread(self._registry.pending_exports)
+        # Ahead of any export requested meanwhile, and not twice (an upload's row is pending too).
+        requested = [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+        for item in [(model_id, None) for model_id in pending if model_id not in dict(requested)] + requested:
+            self._queue.put_nowait(item)
+        finished: asyncio.Future[ModelRow] | None = None
+        try:
+            while True:
+                model_id, finished = await self._queue.get()
+                with structlog.contextvars.bound_contextvars(model_id=model_id):
+                    await self._export_one(model_id, finished)
+        finally:  # stopped (service shut-down): nobody may wait for an export that will not run now
+            waiting = [finished] + [self._queue.get_nowait()[1] for _ in range(self._queue.qsize())]
+            for future in waiting:
+                if future is not None:
+                    future.cancel()  # no-op for one that has its outcome
+
+    async def _export_one(self, model_id: str, finished: asyncio.Future[ModelRow] | None) -> None:
+        try:
+            row = await asyncio.to_thread(self._registry.export_for_serving, model_id)
+        except Exception as error:  # its waiter gets it; the next export still runs
+            if not isinstance(error, NotFound):  # NotFound: deleted before its turn
+                log.exception("onnx export crashed")
+            if finished is not None:
+                finished.set_exception(error)
+            return
+        if finished is not None:
+            finished.set_result(row)
