@@ -28,7 +28,9 @@ def _translate(error: grpc.aio.AioRpcError, what: str) -> Exception:
         return NotFound(error.details() or f"{what} not found")
     if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidArgument(error.details() or f"{what} is invalid")
-    return Unavailable(f"The dataset service is unavailable ({error.code().name}): {error.details()}")
+    # The details name the service's address: the log keeps them, the answer says what the client can do.
+    log.warning("dataset service call failed", code=error.code().name, details=error.details())
+    return Unavailable(f"The dataset service did not answer ({error.code().name}); try again shortly")
 
 
 class GrpcDatasetSource:
