@@ -47,7 +47,7 @@ async def main(settings: InferenceSettings) -> None:
     migrate(engine, MIGRATIONS, Base.metadata, version_table=VERSION_TABLE)
     db = session_factory(engine)
     files = InferenceFiles(settings.data_root)
-    catalog = ModelCatalog(TrainingSettings().grpc_address)
+    catalog = ModelCatalog(TrainingSettings().grpc_address, export_wait_seconds=settings.export_wait_seconds)
     triton = TritonLink(TritonSettings())
     detection = DetectionEngine(
         catalog, triton, Thresholds(settings.default_conf, settings.default_iou), settings.max_image_pixels

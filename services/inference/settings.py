@@ -29,6 +29,9 @@ class InferenceSettings(ServiceSettings):
     max_inline_video_bytes: int = 40 * 1024**2
     # Frames in flight to Triton while a video is processed (keeps both model instances busy).
     video_pipeline_depth: int = 4
+    # Seconds a serving route waits for a model whose ONNX export is still pending (e.g. re-queued after a
+    # restart of the training service) before it answers 409; 0 = answer at once.
+    export_wait_seconds: float = 60.0
     # Default thresholds when a request gives none.
     default_conf: float = 0.25
     default_iou: float = 0.45

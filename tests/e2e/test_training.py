@@ -19,6 +19,7 @@ from PIL import Image
 from launcher.instance import PlatformInstance
 from tests import datagen
 from tests.e2e.api import ISO_TIME, assert_error, prepared, unzip, uploaded
+from tests.e2e.inference_data import shapes_image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -86,6 +87,9 @@ def test_model_registry_round_trip(http: httpx.Client, trained: dict, platform: 
     assert Path(model["weights_path"]).is_file() and model["file_size"] == Path(model["weights_path"]).stat().st_size
     assert model["file_size_mb"] == round(model["file_size"] / 1024 / 1024, 2)
     assert {"mAP50", "mAP50-95"} <= set(model["metrics"]) and len(model["history"]) == 2
+    # The document's summary of the final validation, under its names.
+    assert set(model["training_metrics"]) == {"mAP50", "mAP50-95", "precision", "recall"}
+    assert all(model["training_metrics"][name] == model["metrics"][name] for name in model["training_metrics"])
     assert any(m["model_id"] == model_id for m in http.get("/models").json()["models"])
 
     updated = http.put(f"/models/{model_id}", json={"name": "shapes v1", "tags": ["demo"]}).json()
@@ -110,20 +114,18 @@ def test_model_registry_round_trip(http: httpx.Client, trained: dict, platform: 
     copy = again.json()
     assert copy["model_id"] != model_id and MODEL_ID.match(copy["model_id"])
     assert (copy["source"], copy["name"], copy["classes"]) == ("uploaded", "shapes v1", list(datagen.CLASSES))
+    assert copy["training_metrics"] == model["training_metrics"]  # from the exported model.json
 
     # Format 2 (no top folder), without model.json: new metadata is made.
     bare = io.BytesIO()
     with zipfile.ZipFile(bare, "w") as archive:
         archive.writestr("weights/best.pt", files[f"{model_id}/weights/best.pt"])
     plain = http.post("/models/upload", files={"file": ("plain.zip", bare.getvalue(), "application/zip")}).json()
-    assert plain["classes"] == list(datagen.CLASSES) and plain["name"]
+    assert plain["classes"] == list(datagen.CLASSES) and plain["name"] and plain["training_metrics"] == {}
 
-    # Registered models are exported to ONNX in the background, into the Triton repository.
-    deadline = time.monotonic() + 300
-    while (status := http.get(f"/models/{model_id}").json())["export_status"] == "pending":
-        assert time.monotonic() < deadline, status
-        time.sleep(1)
-    assert status["export_status"] == "ready", status["export_error"]
+    # A model is exported to ONNX, into the Triton repository, before its job completes or its upload answers.
+    for served in (model, copy, plain):
+        assert served["export_status"] == "ready", served["export_error"]
     repository = platform.data_root / "triton" / "repository" / model_id
     assert (repository / "config.pbtxt").is_file() and (repository / "1" / "model.onnx").is_file()
 
@@ -140,6 +142,34 @@ def test_bad_model_uploads(http: httpx.Client) -> None:
     assert_error(http.post("/models/upload", files={"file": ("b.zip", not_torch)}), 400)
     assert_error(http.post("/models/upload", files={"file": ("c.zip", b"not a zip")}), 400, "zip")
     assert http.get("/models").json()["total"] == before
+
+
+def _infer(http: httpx.Client, model_id: str) -> httpx.Response:
+    data, _ = shapes_image(64, 64, seed=3)
+    return http.post(f"/infer/{model_id}", files={"file": ("shapes.jpg", data, "image/jpeg")})
+
+
+def test_a_model_serves_as_soon_as_its_job_completes_or_its_upload_answers(http: httpx.Client, dataset_id: str) -> None:
+    job_id = http.post("/train/jobs", json={"dataset_id": dataset_id, **TINY}).json()["job_id"]
+    job = _wait_for(http, job_id, _finished)
+    assert job["status"] == "completed", job
+    # The documents' flow, with no waiting in between: completed -> infer.
+    response = _infer(http, job["model_id"])
+    assert response.status_code == 200, response.text
+    assert isinstance(response.json()["detections"], list)
+    assert http.get(f"/models/{job['model_id']}").json()["export_status"] == "ready"
+    log = http.get("/logs/lines", params={"job_id": job_id, "n": 0}).json()["lines"]
+    exporting = next(n for n, line in enumerate(log) if "Exporting the model for serving" in line)
+    assert f"Model {job['model_id']} is ready for serving" in log[exporting + 1]
+    assert log[-1].endswith("Job completed")
+
+    # upload -> infer.
+    exported = http.get(f"/models/{job['model_id']}/export").content
+    uploaded_model = http.post("/models/upload", files={"file": ("m.zip", exported, "application/zip")})
+    assert uploaded_model.status_code == 200, uploaded_model.text
+    assert uploaded_model.json()["export_status"] == "ready"
+    response = _infer(http, uploaded_model.json()["model_id"])
+    assert response.status_code == 200, response.text
 
 
 def test_sse_follows_the_live_log_until_the_job_ends(http: httpx.Client, dataset_id: str) -> None:
@@ -230,18 +260,39 @@ def test_a_killed_worker_is_resumed_after_a_service_restart(tmp_path: Path) -> N
         assert "Resuming" in "\n".join(http.get("/logs/lines", params={"job_id": job_id, "n": 0}).json()["lines"])
 
 
-def test_jobs_running_when_the_service_dies_come_back_interrupted(tmp_path: Path) -> None:
+def test_jobs_running_when_the_service_dies_come_back_interrupted_with_their_saved_epochs(tmp_path: Path) -> None:
     with PlatformInstance(tmp_path / "data") as platform, httpx.Client(base_url=platform.base_url, timeout=120) as http:
         dataset, _ = prepared(http, datagen.dataset_zip(count=16, size=(64, 64)))
         job_id = http.post("/train/jobs", json={"dataset_id": dataset, "epochs": 12, "imgsz": 64, "batch": 4}).json()[
             "job_id"
         ]
-        _wait_for(http, job_id, lambda job: job["epochs_completed"] >= 1 or _finished(job))
+        job_dir = platform.data_root / "training" / "jobs" / job_id
+        _wait_for(http, job_id, lambda job: job["epochs_completed"] >= 2 or _finished(job))
         os.kill(platform.pid_of("training"), signal.SIGKILL)  # the worker dies with it
-        _wait_for(http, job_id, lambda job: job.get("status") == "interrupted", timeout=120)
-        assert not _worker_pids(platform.data_root / "training" / "jobs" / job_id)
+        job = _wait_for(http, job_id, lambda job: job.get("status") == "interrupted", timeout=120)
+        assert not _worker_pids(job_dir)
+        saved = json.loads((job_dir / "progress.json").read_text())["epoch"]
+        assert job["epochs_completed"] == saved and 2 <= saved < 12, job
         http.post(f"/train/jobs/{job_id}/resume")
-        assert _wait_for(http, job_id, _finished)["status"] == "completed"
+        _wait_for(http, job_id, lambda job: job["epochs_completed"] > saved or _finished(job))
+        log = "\n".join(http.get("/logs/lines", params={"job_id": job_id, "n": 0}).json()["lines"])
+        assert f"Resume requested: continuing after epoch {saved}" in log
+        assert f"Resuming from epoch {saved + 1}/12 ({saved} completed)" in log  # what last.pt says
+
+        # The service dies again while the finished job exports its model: the job is completed after the
+        # restart, the export starts over, and the serving routes wait for it.
+        _wait_for(http, job_id, lambda _: "Exporting the model for serving" in _log_text(http, job_id))
+        os.kill(platform.pid_of("training"), signal.SIGKILL)
+        job = _wait_for(http, job_id, lambda job: job.get("status") == "completed", timeout=120)
+        assert job["epochs_completed"] == 12 and job["model_id"], job
+        assert "the training service restarted while model" in _log_text(http, job_id)
+        response = http.post(f"/infer/{job['model_id']}", files={"file": ("a.jpg", shapes_image(64, 64, 1)[0])})
+        assert response.status_code == 200, response.text
+
+
+def _log_text(http: httpx.Client, job_id: str) -> str:
+    response = http.get("/logs/lines", params={"job_id": job_id, "n": 0})
+    return "\n".join(response.json()["lines"]) if response.status_code == 200 else ""
 
 
 def test_delete_stops_a_running_job_and_removes_it(
