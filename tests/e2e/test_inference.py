@@ -583,6 +583,22 @@ def test_export_session_honours_conf_and_records_it(http: httpx.Client, model_id
     assert low["session_id"] != high["session_id"]
 
 
+def test_export_session_csv_neutralises_formula_cells(http: httpx.Client, model_id: str) -> None:
+    """Upload names a spreadsheet would run as formulas come back quoted in results.csv (OWASP: a leading
+    single quote), and unchanged in the JSON answer, which no spreadsheet evaluates."""
+    data, _ = inference_data.shapes_image(128, 128, 9)
+    names = ["=1+1.jpg", "@SUM(1+1).jpg", "+cmd.jpg", "-2+3.jpg", "plain.jpg"]
+    response = http.post(f"/infer/{model_id}/export", files=[("files", (name, data, "image/jpeg")) for name in names])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [r["image_filename"] for r in body["results"]] == names
+    csv_text = unzip(http.get(f"/infer/results/{body['session_id']}/export").content)["results.csv"].decode()
+    rows = list(csv.reader(io.StringIO(csv_text)))[1:]
+    written = list(dict.fromkeys(row[1] for row in rows))
+    assert written == ["'=1+1.jpg", "'@SUM(1+1).jpg", "'+cmd.jpg", "'-2+3.jpg", "plain.jpg"], written
+    assert all(not cell or cell[0] not in "=+-@\t\r" for row in rows for cell in row), rows
+
+
 @pytest.mark.parametrize(
     "session_id", ["session_20000101_000000_deadbeef", "..%2F..", "..%2F..%2Finference", "not-a-session"]
 )

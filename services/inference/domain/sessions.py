@@ -39,6 +39,9 @@ CSV_COLUMNS = (
     "y2",
 )
 _SESSION_ID = re.compile(r"^session_\d{8}_\d{6}_[0-9a-f]{8}$")
+# What makes a spreadsheet read a cell as a formula (OWASP, CSV injection): its first character.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?\d+(\.\d+)?")
 
 
 def new_session_id(moment: datetime) -> str:
@@ -102,10 +105,17 @@ def write_session_files(
     atomic_write_text(session_dir / "metadata.json", json.dumps(metadata, ensure_ascii=False, indent=2))
 
 
+def csv_cell(value: object) -> str:
+    """A cell no spreadsheet evaluates: text starting like a formula gets a leading single quote (OWASP). Plain
+    numbers stay as they are; a sign in front of digits computes nothing."""
+    text = str(value)
+    if text.startswith(_FORMULA_START) and not _NUMBER.fullmatch(text):
+        return f"'{text}"
+    return text
+
+
 def results_csv(images: list[SessionImage]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    rows: list[list[object]] = [list(CSV_COLUMNS)]
     for image in images:
         head = [
             image.image_uuid,
@@ -116,9 +126,9 @@ def results_csv(images: list[SessionImage]) -> str:
             image.detection_count,
         ]
         if not image.detections:
-            writer.writerow([*head, "", "", "", "", "", "", "", ""])
+            rows.append([*head, "", "", "", "", "", "", "", ""])
         for index, detection in enumerate(image.detections):
-            writer.writerow(
+            rows.append(
                 [
                     *head,
                     index,
@@ -131,6 +141,8 @@ def results_csv(images: list[SessionImage]) -> str:
                     f"{detection.y2:.2f}",
                 ]
             )
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows([csv_cell(cell) for cell in row] for row in rows)
     return buffer.getvalue()
 
 

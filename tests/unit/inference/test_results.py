@@ -21,6 +21,7 @@ from services.inference.domain.sessions import (
     CSV_COLUMNS,
     SessionImage,
     check_session_id,
+    csv_cell,
     new_session_id,
     session_archive,
     write_annotated_image,
@@ -64,6 +65,44 @@ def test_results_csv_has_one_row_per_detection_and_a_row_for_an_image_without_an
     assert (metadata["session_id"], metadata["image_count"], metadata["detection_count"]) == ("session_x", 2, 2)
     assert metadata["created_at"] == "2024-01-15T12:34:56" and metadata["settings"] == {"conf": 0.25}
     assert [image["annotated_image"] for image in metadata["images"]] == ["images/uuid-a.jpg", "images/uuid-b.jpg"]
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        ("=1+1.jpg", "'=1+1.jpg"),
+        ("@SUM(1+1).jpg", "'@SUM(1+1).jpg"),
+        ("+cmd|' /C calc'!A0.png", "'+cmd|' /C calc'!A0.png"),
+        ("-2+3.jpg", "'-2+3.jpg"),
+        ("\t=1.jpg", "'\t=1.jpg"),
+        ("\r=1.jpg", "'\r=1.jpg"),
+        ("a=1.jpg", "a=1.jpg"),
+        ("", ""),
+        # Numbers stay numbers: a spreadsheet evaluates nothing in them.
+        ("-0.50", "-0.50"),
+        ("+3", "+3"),
+        ("12.00", "12.00"),
+        (7, "7"),
+    ],
+)
+def test_csv_cells_that_a_spreadsheet_would_evaluate_are_quoted(value: object, written: str) -> None:
+    assert csv_cell(value) == written
+
+
+def test_results_csv_neutralises_every_cell_it_writes(tmp_path: Path) -> None:
+    hostile = Detection(0, '=HYPERLINK("http://x")', 0.5, 1.0, 2.0, 3.0, 4.0)
+    images = [
+        SessionImage("uuid-a", "=1+1.jpg", "model_1", 8, 8, [hostile]),
+        SessionImage("uuid-b", "@SUM(1+1).jpg", "-model", 8, 8, []),
+    ]
+    write_session_files(tmp_path, "session_x", model_id="model_1", created_at=MOMENT, images=images, settings={})
+    rows = list(csv.reader(io.StringIO((tmp_path / "results.csv").read_text())))
+    assert [row[1] for row in rows[1:]] == ["'=1+1.jpg", "'@SUM(1+1).jpg"]
+    assert rows[1][8] == '\'=HYPERLINK("http://x")' and rows[2][2] == "'-model"
+    assert all(cell[:1] not in ("=", "+", "-", "@", "\t", "\r") for row in rows for cell in row), rows
+    # metadata.json is JSON, which no spreadsheet evaluates: the names stay as uploaded.
+    metadata = json.loads((tmp_path / "metadata.json").read_text())
+    assert [image["image_filename"] for image in metadata["images"]] == ["=1+1.jpg", "@SUM(1+1).jpg"]
 
 
 def test_the_session_archive_holds_the_images_the_csv_and_the_metadata(tmp_path: Path) -> None:
