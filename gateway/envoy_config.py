@@ -169,7 +169,13 @@ def _reply_mappers(settings: GatewaySettings) -> list[dict[str, Any]]:
     mappers += [
         {"filter": _all_of(rest, condition), "body_format_override": _detail_body(text)} for condition, text in texts
     ]
-    mappers.append({"filter": rest, "body_format_override": _detail_body()})
+    # Refused before any filter ran (a path Envoy cannot normalise, such as one with %00): Envoy gives no text.
+    unshaped = {"header_filter": {"header": {"name": SHAPE_HEADER, "present_match": True, "invert_match": True}}}
+    unreadable = _all_of(unshaped, not_grpc, _status_is(400))
+    mappers += [
+        {"filter": unreadable, "body_format_override": _detail_body("The request's path or headers cannot be read")},
+        {"filter": rest, "body_format_override": _detail_body()},
+    ]
     return mappers
 
 
