@@ -37,7 +37,7 @@ async def sweep_uploads(uploads: UploadStore, retention_hours: float) -> None:
     while True:
         removed = await asyncio.to_thread(uploads.sweep, retention_hours)
         if removed:
-            log.info("old uploads removed", count=removed, retention_hours=retention_hours)
+            log.info("uploads removed", count=removed, retention_hours=retention_hours, kept_bytes=uploads.total_bytes)
         await asyncio.sleep(_SWEEP_INTERVAL_S)
 
 
@@ -52,7 +52,7 @@ async def main(settings: InferenceSettings) -> None:
     detection = DetectionEngine(
         catalog, triton, Thresholds(settings.default_conf, settings.default_iou), settings.max_image_pixels
     )
-    uploads = UploadStore(files.uploads_root)
+    uploads = await asyncio.to_thread(UploadStore, files.uploads_root, settings.upload_max_total_bytes)
     sessions = SessionStore(db, files.sessions_root)
     service = InferenceService(
         detection,

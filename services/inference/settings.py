@@ -37,6 +37,9 @@ class InferenceSettings(ServiceSettings):
     default_iou: float = 0.45
     # Uploaded images (the documented image_path) are kept this many hours; 0 = forever.
     upload_retention_hours: float = 24.0
+    # ... and take this many bytes at most: past it the oldest go at once (the upload just kept stays, so the
+    # image_path of the answer works); 0 = no cap.
+    upload_max_total_bytes: int = 1024**3
     # The 002 task API: the sample set `index` picks from (sorted entries: an image, a video, or a folder of
     # them; empty = <data root>/samples), the model it runs (empty = the newest model ready for serving), how
     # many tasks may wait before POST /api/inference answers 503, and how many run at once.

@@ -1,6 +1,7 @@
-"""Queued inference tasks and Triton under pressure, on a platform of their own (queue capacity 2): a full
-queue answers 503 and recovers, tasks survive a crash and a restart of the platform, and a killed Triton makes
-detection fail fast with 503 until the launcher has restarted it and the model is served again."""
+"""Queued inference tasks, Triton and the disk under pressure, on a platform of their own (queue capacity 2, a
+small cap on kept uploads): a full queue answers 503 and recovers, tasks survive a crash and a restart of the
+platform, a killed Triton makes detection fail fast with 503 until the launcher has restarted it and the model
+is served again, and uploads never fill more than their cap."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from launcher.instance import PlatformInstance
+from tests import datagen
 from tests.e2e.api import assert_error
 from tests.e2e.conftest import TrainedModel, wait_for_export
 from tests.e2e.inference_data import shapes_image, shapes_video
@@ -24,6 +26,8 @@ from tests.e2e.inference_data import shapes_image, shapes_video
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 QUEUE_CAPACITY = 2
+# Bytes of kept uploads: four of the 320x240 BMPs the cap test sends (230,454 bytes each), not five.
+UPLOAD_CAP = 1_000_000
 LONG_FRAMES = 300
 LONG_INDEX, IMAGE_INDEX = 1, 2
 
@@ -32,7 +36,10 @@ LONG_INDEX, IMAGE_INDEX = 1, 2
 def own_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformInstance]:
     instance = PlatformInstance(
         tmp_path_factory.mktemp("inference-resilience") / "data",
-        extra_env={"VM_INFERENCE_TASK_QUEUE_CAPACITY": str(QUEUE_CAPACITY)},
+        extra_env={
+            "VM_INFERENCE_TASK_QUEUE_CAPACITY": str(QUEUE_CAPACITY),
+            "VM_INFERENCE_UPLOAD_MAX_TOTAL_BYTES": str(UPLOAD_CAP),
+        },
     )
     with instance:
         yield instance
@@ -257,3 +264,36 @@ def test_a_killed_triton_fails_detection_fast_then_serves_again(
     assert {c.status for c in calls if c.route == "status"} == {200}, calls
     refusals = [c for c in calls if c.status == 503]
     assert all(c.seconds < 3 and "triton" in c.body["detail"].lower() for c in refusals), refusals
+
+
+def test_kept_uploads_stay_under_their_byte_cap_oldest_removed_first(
+    own_platform: PlatformInstance, client: httpx.Client, model_id: str
+) -> None:
+    kept_dir = own_platform.data_root / "inference" / "uploads"
+    image = datagen.draw_image(320, 240, [], "bmp")  # uncompressed: every upload is the same size
+
+    def kept_bytes() -> int:
+        return sum(path.stat().st_size for path in kept_dir.iterdir())
+
+    paths: list[str] = []
+    for number in range(6):
+        response = client.post(f"/infer/{model_id}", files={"file": (f"{number}.bmp", image, "image/bmp")})
+        assert response.status_code == 200, response.text
+        paths.append(response.json()["image_path"])
+        assert kept_bytes() <= UPLOAD_CAP, sorted(kept_dir.iterdir())
+    batch = client.post(
+        "/infer/batch/run",
+        data={"model_ids": model_id},
+        files=[("files", (f"b{n}.bmp", image, "image/bmp")) for n in range(3)],
+    )
+    assert batch.status_code == 200, batch.text
+    paths += [result["image_path"] for result in batch.json()["results"]]
+    assert kept_bytes() <= UPLOAD_CAP
+
+    # The newest four are served; everything older went, oldest first.
+    newest = UPLOAD_CAP // len(image)
+    for path in paths[-newest:]:
+        assert client.get(f"/static/{path}").content == image, path
+    for path in paths[:-newest]:
+        assert_error(client.get(f"/static/{path}"), 404)
+    assert sorted(p.name for p in kept_dir.iterdir()) == sorted(p.removeprefix("uploads/") for p in paths[-newest:])

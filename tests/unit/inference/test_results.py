@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import threading
 import time
 import zipfile
 from datetime import datetime
@@ -121,7 +122,7 @@ def test_the_session_archive_holds_the_images_the_csv_and_the_metadata(tmp_path:
 
 
 def test_kept_uploads_are_named_by_their_real_format_and_served_back(tmp_path: Path) -> None:
-    store = UploadStore(tmp_path / "uploads")
+    store = UploadStore(tmp_path / "uploads", max_total_bytes=0)
     staged = tmp_path / "upload.bin"
     png = datagen.draw_image(8, 8, [], "png")
     staged.write_bytes(png)
@@ -142,16 +143,110 @@ def test_image_suffixes_come_from_the_content_not_the_name() -> None:
     assert image_suffix(b"plain text here!") == ".img"
 
 
+def _aged(path: Path, hours: float, size: int = 1) -> Path:
+    path.write_bytes(b"x" * size)
+    moment = time.time() - hours * 3600
+    os.utime(path, (moment, moment))
+    return path
+
+
+def _staged(tmp_path: Path, size: int) -> Path:
+    """A received upload of `size` bytes (a PNG header, then padding) in a staging file of its own."""
+    staged = tmp_path / f"staged-{time.monotonic_ns()}.bin"
+    staged.write_bytes(datagen.draw_image(2, 2, [], "png").ljust(size, b"\0"))
+    return staged
+
+
 def test_the_retention_sweep_removes_only_old_uploads(tmp_path: Path) -> None:
-    store = UploadStore(tmp_path)
-    old, new = tmp_path / "old.jpg", tmp_path / "new.jpg"
-    old.write_bytes(b"x")
-    new.write_bytes(b"x")
-    two_days_ago = time.time() - 48 * 3600
-    os.utime(old, (two_days_ago, two_days_ago))
+    old, new = _aged(tmp_path / "old.jpg", 48), _aged(tmp_path / "new.jpg", 0)
+    store = UploadStore(tmp_path, max_total_bytes=0)
     assert store.sweep(0) == 0 and old.exists()
     assert store.sweep(24) == 1
     assert not old.exists() and new.exists()
+
+
+def test_kept_uploads_beyond_the_byte_cap_go_oldest_first(tmp_path: Path) -> None:
+    root = tmp_path / "uploads"
+    store = UploadStore(root, max_total_bytes=1000)
+    paths = [store.keep(_staged(tmp_path, 300), f"infer_20240115_12345{n}_abcdef") for n in range(5)]
+    assert sorted(p.name for p in root.iterdir()) == sorted(p.removeprefix("uploads/") for p in paths[2:])
+    assert store.total_bytes == 900 == sum(p.stat().st_size for p in root.iterdir())
+
+
+def test_the_upload_just_kept_stays_even_when_it_alone_is_over_the_cap(tmp_path: Path) -> None:
+    root = tmp_path / "uploads"
+    store = UploadStore(root, max_total_bytes=1000)
+    store.keep(_staged(tmp_path, 300), "infer_20240115_123450_abcdef")
+    big = store.keep(_staged(tmp_path, 1500), "infer_20240115_123451_abcdef")
+    # Its image_path is in the answer: it is served until the next upload makes room.
+    assert [p.name for p in root.iterdir()] == [big.removeprefix("uploads/")]
+    store.keep(_staged(tmp_path, 300), "infer_20240115_123452_abcdef")
+    assert [p.name for p in root.iterdir()] == ["infer_20240115_123452_abcdef.png"]
+    assert store.total_bytes == 300
+
+
+def test_uploads_kept_before_a_restart_count_towards_the_cap_oldest_first(tmp_path: Path) -> None:
+    root = tmp_path / "uploads"
+    root.mkdir()
+    _aged(root / "infer_20240115_100000_aaaaaa.png", 3, 400)
+    _aged(root / "infer_20240115_110000_bbbbbb.png", 2, 400)
+    _aged(root / "infer_20240115_090000_cccccc.png", 1, 400)  # younger than its name says
+    store = UploadStore(root, max_total_bytes=1000)
+    assert store.total_bytes == 1200  # read once, when the store is made
+    store.keep(_staged(tmp_path, 100), "infer_20240115_120000_dddddd")
+    assert sorted(p.name for p in root.iterdir()) == [
+        "infer_20240115_090000_cccccc.png",
+        "infer_20240115_110000_bbbbbb.png",
+        "infer_20240115_120000_dddddd.png",
+    ]
+    assert store.total_bytes == 900
+
+
+def test_the_sweep_removes_old_uploads_and_makes_room_under_the_cap(tmp_path: Path) -> None:
+    root = tmp_path / "uploads"
+    root.mkdir()
+    old = _aged(root / "infer_20240113_000000_aaaaaa.png", 48, 600)
+    store = UploadStore(root, max_total_bytes=1000)
+    assert store.total_bytes == 600
+    assert store.sweep(24) == 1 and not old.exists()
+    assert store.total_bytes == 0
+    store.keep(_staged(tmp_path, 900), "infer_20240115_120000_dddddd")
+    assert store.total_bytes == 900 and len(list(root.iterdir())) == 1
+
+
+def test_the_sweep_enforces_the_cap_on_files_the_store_did_not_keep(tmp_path: Path) -> None:
+    root = tmp_path / "uploads"
+    store = UploadStore(root, max_total_bytes=1000)
+    kept = store.keep(_staged(tmp_path, 400), "infer_20240115_120000_aaaaaa")
+    # Between sweeps the store counts only what it kept (no directory scan per upload); the sweep reads the
+    # directory again and applies both limits.
+    _aged(root / "infer_20240115_130000_bbbbbb.png", 0, 700)
+    assert store.total_bytes == 400
+    assert store.sweep(24) == 1
+    assert [p.name for p in root.iterdir()] == ["infer_20240115_130000_bbbbbb.png"]
+    assert not (root / kept.removeprefix("uploads/")).exists() and store.total_bytes == 700
+
+
+def test_concurrent_keeps_never_leave_more_than_the_cap(tmp_path: Path) -> None:
+    root = tmp_path / "uploads"
+    store = UploadStore(root, max_total_bytes=2000)
+    staged = [_staged(tmp_path, 250) for _ in range(64)]
+    threads = [
+        threading.Thread(target=store.keep, args=(path, f"infer_20240115_120000_{n:06x}"))
+        for n, path in enumerate(staged)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert store.total_bytes == sum(p.stat().st_size for p in root.iterdir()) == 2000
+
+
+def test_no_cap_keeps_everything(tmp_path: Path) -> None:
+    store = UploadStore(tmp_path / "uploads", max_total_bytes=0)
+    for n in range(3):
+        store.keep(_staged(tmp_path, 5000), f"infer_20240115_12000{n}_abcdef")
+    assert len(list((tmp_path / "uploads").iterdir())) == 3
 
 
 @pytest.mark.parametrize(
