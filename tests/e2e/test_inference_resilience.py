@@ -1,12 +1,13 @@
 """Queued inference tasks, Triton and the disk under pressure, on a platform of their own (queue capacity 2, a
 small cap on kept uploads): a full queue answers 503 and recovers, tasks survive a crash and a restart of the
 platform, a killed Triton makes detection fail fast with 503 until the launcher has restarted it and the model
-is served again, and uploads never fill more than their cap."""
+is served again, and uploads never fill more than their cap. Refusals name no server path or address."""
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 QUEUE_CAPACITY = 2
 # Bytes of kept uploads: four of the 320x240 BMPs the cap test sends (230,454 bytes each), not five.
 UPLOAD_CAP = 1_000_000
+# host:port, as in "127.0.0.1:8201", "localhost:50053" or "[::1]:8201".
+ADDRESS = re.compile(r"(\d{1,3}(\.\d{1,3}){3}|localhost|\[[0-9a-f:]+\]|[\w.-]+\.\w+):\d{2,5}", re.IGNORECASE)
 LONG_FRAMES = 300
 LONG_INDEX, IMAGE_INDEX = 1, 2
 
@@ -104,6 +107,12 @@ def wait_for_tasks(http: httpx.Client, task_ids: list[str], timeout: float) -> d
         assert time.monotonic() < deadline, {t: status_of(http, t) for t in set(task_ids) - set(final)}
         time.sleep(0.2)
     return final
+
+
+def assert_no_internals(detail: str, platform: PlatformInstance) -> None:
+    """An answer a client sees: no server path (these answers need no "/" at all) and no host:port."""
+    assert "/" not in detail and str(platform.data_root) not in detail, detail
+    assert not ADDRESS.search(detail), detail
 
 
 def crash_inference(platform: PlatformInstance, http: httpx.Client) -> None:
@@ -264,6 +273,18 @@ def test_a_killed_triton_fails_detection_fast_then_serves_again(
     assert {c.status for c in calls if c.route == "status"} == {200}, calls
     refusals = [c for c in calls if c.status == 503]
     assert all(c.seconds < 3 and "triton" in c.body["detail"].lower() for c in refusals), refusals
+    # What the client can act on (retry), not where Triton listens.
+    for refusal in refusals:
+        assert_no_internals(refusal.body["detail"], own_platform)
+        assert "retry" in refusal.body["detail"], refusal
+
+
+def test_an_unknown_sample_says_which_indexes_exist_not_where_they_are(
+    own_platform: PlatformInstance, client: httpx.Client, model_id: str
+) -> None:
+    detail = assert_error(client.post("/api/inference", params={"index": 99999}), 404, "99999")
+    assert_no_internals(detail, own_platform)
+    assert "1 to 2" in detail, detail  # the sample set holds two samples
 
 
 def test_kept_uploads_stay_under_their_byte_cap_oldest_removed_first(

@@ -99,7 +99,7 @@ class TritonLink:
         if await self._probe():
             self._reconnected()
             return
-        raise Unavailable(f"The model server (Triton at {self._address}) is not reachable; retry shortly")
+        raise Unavailable("The model server (Triton) is not reachable; retry shortly")
 
     async def ensure_loaded(self, model_id: str, *, retry_failed: bool = False) -> ServedTensors:
         """Load the model if Triton does not have it yet; returns its tensors as Triton declares them. A load
@@ -175,13 +175,15 @@ class TritonLink:
         raise AssertionError("unreachable")
 
     def _translate(self, error: InferenceServerException, what: str) -> Exception:
+        """The client's answer to a failed call. Where Triton listens and gRPC's words on the failed connection
+        (which name that address) go to the log only."""
         status = (error.status() or "").upper()
-        message = _brief(error.message() or str(error))
         if "UNAVAILABLE" in status or "DEADLINE" in status or "CANCELLED" in status:
             if "UNAVAILABLE" in status:
                 self._connected = False
-            return Unavailable(f"{what}: the model server (Triton at {self._address}) did not answer ({message})")
-        return Conflict(f"{what}: {message}")
+            log.warning(what, triton=self._address, status=status, error=error.message() or str(error))
+            return Unavailable(f"{what}: the model server (Triton) did not answer; retry shortly")
+        return Conflict(f"{what}: {_brief(error.message() or str(error))}")
 
     async def statistics(self, model_id: str = "") -> dict:
         self._require_connection()

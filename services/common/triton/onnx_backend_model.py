@@ -32,7 +32,7 @@ class TritonPythonModel:
         self._batched = config.get("max_batch_size", 0) > 0
         missing = {name for name, _ in self._inputs} - {tensor.name for tensor in self._session.get_inputs()}
         if missing:
-            raise ValueError(f"config.pbtxt declares inputs {sorted(missing)} that {onnx_file} does not have")
+            raise ValueError(f"config.pbtxt declares inputs {sorted(missing)} that {onnx_file.name} does not have")
 
     def execute(self, requests: list[Any]) -> list[Any]:
         if self._batched and len(requests) > 1:

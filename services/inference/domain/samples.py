@@ -14,7 +14,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from services.common.errors import InvalidArgument, NotFound
+
+log = structlog.get_logger("inference.samples")
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
@@ -60,14 +64,20 @@ class SampleSet:
         return len(self._samples())
 
     def get(self, index: int) -> Sample:
+        """The sample at `index`. The answers say which indexes exist, not where the set lives on the server."""
         if index < 1:
             raise InvalidArgument("index must be an integer >= 1")
-        if not self._root.is_dir():
-            raise NotFound(
-                f"No sample {index}: the sample set directory {self._root} does not exist; set "
-                "VM_INFERENCE_SAMPLES_DIR to a directory of images, videos or folders of them"
-            )
         samples = self._samples()
+        if not samples:
+            log.warning("the sample set is empty", directory=str(self._root), exists=self._root.is_dir())
+            raise NotFound(
+                f"No sample {index}: the sample set is empty; the operator puts images, videos or folders of them "
+                "into the directory VM_INFERENCE_SAMPLES_DIR names"
+            )
         if index > len(samples):
-            raise NotFound(f"No sample {index}: the sample set ({self._root}) has {len(samples)} samples")
+            count = len(samples)
+            raise NotFound(
+                f"No sample {index}: the sample set has {count} sample{'s' * (count > 1)}; "
+                f"use an index from 1 to {count}"
+            )
         return samples[index - 1]

@@ -108,11 +108,11 @@ TaskRunner = Callable[[TaskRecord, Sample, Path], Awaitable[None]]
 
 
 def _describe(error: Exception) -> str:
-    """A failed task's error_message: a domain error's own words; for anything else its type as well, which
-    says more than, say, a bare KeyError's "'boxes'"."""
+    """A failed task's error_message: a domain error's own words. Anything else is only named by its type: its
+    text may name server paths or addresses (an OSError's file name, a connection's peer); the log has it."""
     if isinstance(error, ServiceError):
         return error.detail
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return f"internal error ({type(error).__name__}); the service log has the details"
 
 
 class TaskQueue:

@@ -59,15 +59,18 @@ def test_indexes_below_one_are_invalid(tmp_path: Path) -> None:
 def test_an_index_beyond_the_set_is_not_found_and_says_how_many_there_are(tmp_path: Path) -> None:
     touch(tmp_path / "1.jpg")
     touch(tmp_path / "2.jpg")
-    with pytest.raises(NotFound, match=r"No sample 3: the sample set \(.*\) has 2 samples"):
+    with pytest.raises(NotFound) as caught:
         SampleSet(tmp_path).get(3)
+    assert caught.value.detail == "No sample 3: the sample set has 2 samples; use an index from 1 to 2"
 
 
 def test_a_missing_directory_is_an_empty_set_and_says_how_to_configure_one(tmp_path: Path) -> None:
     samples = SampleSet(tmp_path / "absent")
     assert samples.count() == 0
-    with pytest.raises(NotFound, match="VM_INFERENCE_SAMPLES_DIR"):
+    with pytest.raises(NotFound, match="VM_INFERENCE_SAMPLES_DIR") as caught:
         samples.get(1)
+    # Where the directory is would be the server's business: the client learns what to ask for.
+    assert str(tmp_path) not in caught.value.detail and "/" not in caught.value.detail
 
 
 def test_changes_to_the_directory_count_at_once(tmp_path: Path) -> None:

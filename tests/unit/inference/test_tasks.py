@@ -228,7 +228,11 @@ def test_a_failing_runner_fails_its_task_only_and_the_loop_goes_on(
         return submitted
 
     first, second, third = (queue.get(task.task_id) for task in asyncio.run(scenario()))
-    assert (first.status, first.error_message) == ("failed", "KeyError: 'boxes'")
+    # An unexpected error's own text may name server paths or addresses: the client gets its kind, the log the rest.
+    assert (first.status, first.error_message) == (
+        "failed",
+        "internal error (KeyError); the service log has the details",
+    )
     assert (second.status, second.error_message) == ("failed", "The video has no frames")
     assert first.completed_at is not None and first.inference_time is None
     assert third.status == "completed"

@@ -1,0 +1,90 @@
+"""services.common.triton.link.TritonLink against the bundled tritonserver: while Triton is down, requests fail
+with a 503 that tells the client to retry, and never where Triton listens (that stays in the service's log)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from launcher.instance import free_port
+from services.common.errors import Unavailable
+from services.common.triton.link import TritonLink
+from services.common.triton.repository import write_triton_model
+from services.common.triton.server import prepare_backends, server_command, server_environment
+from services.common.triton.settings import TritonSettings
+from tests.unit.test_triton_server import IMGSZ, doubling_onnx, images, wait_ready
+
+ADDRESS = re.compile(r"\d{1,3}(\.\d{1,3}){3}|localhost|:\d{2,5}\b")
+
+
+def assert_says_retry_without_the_address(error: Unavailable, settings: TritonSettings) -> None:
+    assert "retry" in error.detail and "Triton" in error.detail, error.detail
+    assert settings.grpc_address not in error.detail and not ADDRESS.search(error.detail), error.detail
+
+
+def test_a_triton_that_was_never_reachable_is_a_503_without_its_address(tmp_path: Path) -> None:
+    settings = TritonSettings(data_root=tmp_path, grpc_port=free_port())
+
+    async def scenario() -> Unavailable:
+        link = TritonLink(settings)
+        try:
+            with pytest.raises(Unavailable) as caught:
+                await link.ensure_loaded("double")
+            return caught.value
+        finally:
+            await link.close()
+
+    assert_says_retry_without_the_address(asyncio.run(scenario()), settings)
+
+
+def test_a_triton_that_stops_answering_between_two_probes_is_a_503_without_its_address(tmp_path: Path) -> None:
+    """The link still believes Triton is up (no watch() probe ran since): the failed call itself says so. The
+    server is frozen (SIGSTOP) rather than killed, so that its model processes end with it afterwards."""
+    settings = TritonSettings(
+        data_root=tmp_path / "data",
+        grpc_port=free_port(),
+        metrics_port=0,
+        model_format="python",
+        request_timeout_seconds=1.0,
+    )
+    write_triton_model(settings.repository, "double", doubling_onnx(tmp_path / "double.onnx"), ["x"], IMGSZ,
+                       settings=settings)  # fmt: skip
+    prepare_backends(settings)
+    log = tmp_path / "tritonserver.log"
+    with open(log, "wb") as output:
+        server = subprocess.Popen(
+            server_command(settings), env={**os.environ, **server_environment()}, stdout=output, stderr=output
+        )
+    try:
+        wait_ready(settings, server, log)
+
+        async def scenario() -> Unavailable:
+            link = TritonLink(settings)
+            try:
+                doubled = await link.infer("double", images(1, 1.5))
+                assert np.allclose(doubled, 3.0)
+                server.send_signal(signal.SIGSTOP)
+                try:
+                    with pytest.raises(Unavailable) as caught:
+                        await link.infer("double", images(1, 1.5))
+                finally:
+                    server.send_signal(signal.SIGCONT)
+                return caught.value
+            finally:
+                await link.close()
+
+        assert_says_retry_without_the_address(asyncio.run(scenario()), settings)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
