@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from gateway.envoy_config import api_services
 from gateway.settings import GatewaySettings
 from services.common.grpc_server import serve
+from services.common.reflection import enable_reflection
 from services.registry import MESH_SERVICES, owner_of
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -95,9 +96,9 @@ async def serve_mesh_grpc(settings: GatewaySettings) -> None:
 
     def register(server: grpc.aio.Server) -> list[str]:
         health_pb2_grpc.add_HealthServicer_to_server(MeshHealth(api), server)
-        reflection.enable_server_reflection(
-            [*api, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        enable_reflection(
             server,
+            [*api, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name],
             pool=reflection_pool(settings.descriptor_set),
         )
         return []

@@ -17,11 +17,12 @@ from google.protobuf import any_pb2, json_format, struct_pb2
 from google.rpc import status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
+from services.common.channels import REQUEST_ID_METADATA
 from services.common.envelope import EnvelopeError
 from services.common.errors import ServiceError
 from services.common.logging import configure_logging
+from services.common.reflection import enable_reflection
 from services.common.settings import GrpcServerSettings
 from services.common.tracing import configure_tracing
 
@@ -35,6 +36,7 @@ _STATUS_DETAILS_METADATA = "grpc-status-details-bin"
 
 _STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
+    403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
     409: grpc.StatusCode.FAILED_PRECONDITION,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -55,7 +57,8 @@ def server_options(settings: GrpcServerSettings) -> list[tuple[str, Any]]:
 
 
 class RequestContextInterceptor(grpc.aio.ServerInterceptor):
-    """Binds request_id/rpc to the log context, logs each RPC, and turns domain errors into statuses."""
+    """Binds request_id/rpc to the log context, logs each RPC, and turns domain errors into statuses. The
+    request_id is the caller's `x-request-id` (Envoy's, or the calling service's: services.common.channels)."""
 
     async def intercept_service(
         self,
@@ -67,7 +70,7 @@ class RequestContextInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith(_QUIET_METHOD_PREFIXES):
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
-        request_id = str(metadata.get("x-request-id") or uuid4().hex)
+        request_id = str(metadata.get(REQUEST_ID_METADATA) or uuid4().hex)
         factory = {
             (False, False): grpc.unary_unary_rpc_method_handler,
             (False, True): grpc.unary_stream_rpc_method_handler,
@@ -175,7 +178,7 @@ async def serve(
     health_servicer = health_aio.HealthServicer()
     if standard_services:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        enable_reflection(server, [*service_names, health.SERVICE_NAME])
     address = f"{settings.bind_host}:{settings.grpc_port}"
     if server.add_insecure_port(address) == 0:
         raise SystemExit(f"{component}: cannot listen on {address}")

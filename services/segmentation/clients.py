@@ -6,6 +6,7 @@ import grpc
 import structlog
 from visionmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
+from services.common.channels import mesh_channel
 from services.common.envelope import EnvelopeError, Err
 from services.common.geometry import Box, TextLine
 
@@ -20,7 +21,7 @@ class GrpcTextReader:
 
     def __init__(self, address: str, max_message_bytes: int) -> None:
         options = [("grpc.max_send_message_length", max_message_bytes)]
-        self._channel = grpc.aio.insecure_channel(address, options=options)
+        self._channel = mesh_channel(address, options)
         self._stub = ocr_pb2_grpc.TextReaderStub(self._channel)
         self._address = address
 

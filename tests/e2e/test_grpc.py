@@ -22,6 +22,8 @@ pytestmark = pytest.mark.e2e
 
 DATASET_SERVICE = "visionmesh.dataset.v1.DatasetService"
 ANNOTATION_SERVICE = "visionmesh.dataset.v1.AnnotationService"
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+REFLECTION_V1ALPHA = "grpc.reflection.v1alpha.ServerReflection"
 
 
 @pytest.fixture(params=["shared-port", "service-port"])
@@ -90,3 +92,34 @@ def test_reflection_lists_and_describes_services(channel: grpc.Channel) -> None:
     ]
     methods = {m.name for f in files for s in f.service if s.name == "DatasetService" for m in s.method}
     assert {"UploadDataset", "PrepareDataset", "GetDataset", "GetDatasetFile"} <= methods
+
+
+def test_reflection_v1_lists_and_describes_services(channel: grpc.Channel) -> None:
+    """What current grpcurl asks for first: reflection v1. Its messages are v1alpha's with the package renamed
+    (identical on the wire), so v1alpha's message classes make a v1 client."""
+    info = channel.stream_stream(
+        f"/{REFLECTION_V1}/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    requests = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol=REFLECTION_V1),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol=DATASET_SERVICE),
+    ]
+    listing, reflection_v1, dataset = info(iter(requests), timeout=10)
+    names = {service.name for service in listing.list_services_response.service}
+    assert {DATASET_SERVICE, ANNOTATION_SERVICE, "grpc.health.v1.Health", REFLECTION_V1, REFLECTION_V1ALPHA} <= names
+    [v1_file] = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in reflection_v1.file_descriptor_response.file_descriptor_proto
+    ]
+    assert v1_file.package == "grpc.reflection.v1"
+    assert [(m.name, m.input_type) for s in v1_file.service for m in s.method] == [
+        ("ServerReflectionInfo", ".grpc.reflection.v1.ServerReflectionRequest")
+    ]
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in dataset.file_descriptor_response.file_descriptor_proto
+    ]
+    assert "GetDataset" in {m.name for f in files for s in f.service if s.name == "DatasetService" for m in s.method}
