@@ -10,6 +10,7 @@ import grpc
 import structlog
 from visionmesh.training.v1 import training_pb2, training_pb2_grpc
 
+from services.common.channels import mesh_channel
 from services.common.errors import NotFound, Unavailable
 from services.inference.domain.models import ServableModel
 
@@ -27,7 +28,7 @@ class ModelCatalog:
     export is pending is asked for again until the export finishes, for at most `export_wait_seconds`."""
 
     def __init__(self, address: str, *, export_wait_seconds: float) -> None:
-        self._channel = grpc.aio.insecure_channel(address)
+        self._channel = mesh_channel(address)
         self._stub = training_pb2_grpc.ModelServiceStub(self._channel)
         self._cache: dict[str, tuple[float, ServableModel]] = {}
         self._export_wait_s = export_wait_seconds

@@ -13,6 +13,7 @@ from visionmesh.dataset.v1 import dataset_pb2, dataset_pb2_grpc
 from visionmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 
 from services.common.archives import ZipLimits, copy_entry, open_zip, safe_entries
+from services.common.channels import mesh_channel
 from services.common.errors import InvalidArgument, NotFound, Unavailable
 from services.common.storage.files import remove_tree
 from services.training.domain.sources import DatasetVersion
@@ -35,7 +36,7 @@ def _translate(error: grpc.aio.AioRpcError, what: str) -> Exception:
 
 class GrpcDatasetSource:
     def __init__(self, address: str, zip_limits: ZipLimits) -> None:
-        self._channel = grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
+        self._channel = mesh_channel(address, [("grpc.max_receive_message_length", 64 << 20)])
         self._stub = dataset_pb2_grpc.DatasetServiceStub(self._channel)
         self._zip_limits = zip_limits
 
@@ -98,7 +99,7 @@ class GrpcServingControl:
     if the inference service is down, it finds out itself (the registry answers 404 for the model)."""
 
     def __init__(self, address: str) -> None:
-        self._channel = grpc.aio.insecure_channel(address)
+        self._channel = mesh_channel(address)
         self._stub = inference_pb2_grpc.ServingControlStub(self._channel)
 
     async def model_deleted(self, model_id: str) -> None:
