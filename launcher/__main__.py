@@ -1,5 +1,6 @@
 """`python -m launcher` (what `./mesh up` runs): start Triton, every service, the gateway and Envoy on this
-machine, wait until the REST contract answers, then supervise until Ctrl-C / SIGTERM.
+machine, each once the previous one is ready, say that the platform is up once every route can answer (Envoy's
+health reaches every service's), then supervise until Ctrl-C / SIGTERM.
 
 Configuration comes from the environment (docs/configuration.md); nothing here needs editing.
 """
@@ -17,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.envoy_config import envoy_command, write_config
 from gateway.settings import GatewaySettings
+from launcher.settings import LauncherSettings
 from launcher.supervisor import Component, Supervisor, log
 from services.common.logging import configure_logging
 from services.common.triton.server import prepare_backends, server_command, server_environment, triton_ready
@@ -45,7 +47,7 @@ def triton_component(triton: TritonSettings) -> Component:
     return Component("triton", server_command(triton), triton_ready(triton.grpc_address), env=server_environment())
 
 
-def components(gateway: GatewaySettings) -> list[Component]:
+def components(gateway: GatewaySettings, launcher: LauncherSettings) -> list[Component]:
     python = sys.executable
     triton = TritonSettings()
     # Triton first: the services that serve models need it from their start.
@@ -61,6 +63,12 @@ def components(gateway: GatewaySettings) -> list[Component]:
     found.append(
         Component("envoy", envoy_command(gateway, config, envoy), grpc_healthy(f"127.0.0.1:{gateway.http_port}"))
     )
+    for component in found:
+        component.ready_timeout_s = launcher.ready_timeout_seconds
+        if component.name == "segmentation":
+            # Ready only once its built-in classifier is trained, which a first start does.
+            component.ready_timeout_s = launcher.segmentation_ready_timeout_seconds
+            component.start_note = "a first start trains the built-in component classifier (progress: its log)"
     return found
 
 
@@ -86,14 +94,24 @@ def banner(gateway: GatewaySettings) -> str:
 
 async def run() -> None:
     gateway = GatewaySettings()
+    launcher = LauncherSettings()
     gateway.data_root.mkdir(parents=True, exist_ok=True)
-    supervisor = Supervisor(components(gateway), dict(os.environ), state_file(gateway))
+    supervisor = Supervisor(
+        components(gateway, launcher),
+        dict(os.environ),
+        state_file(gateway),
+        stop_timeout_s=launcher.stop_timeout_seconds,
+    )
     try:
-        await supervisor.start()
+        up = await supervisor.start()
     except (RuntimeError, OSError) as error:
         log.error("start-up failed", error=str(error))
         await supervisor.stop()
         raise SystemExit(1) from error
+    if not up:
+        log.info("stopped during start-up")
+        await supervisor.stop()
+        return
     print(banner(gateway), file=sys.stderr, flush=True)
     await supervisor.supervise()
 

@@ -3,7 +3,8 @@
     with PlatformInstance(tmp_path) as platform:
         httpx.get(f"{platform.base_url}/datasets")
 
-It runs the real launcher (`python -m launcher`), so what is tested is what `./mesh up` starts.
+It runs the real launcher (`python -m launcher`), so what is tested is what `./mesh up` starts, and `start`
+returns when the launcher says the platform is up.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 from services.common.settings import REPO_ROOT
 from services.registry import MESH_SERVICES
 
-_START_TIMEOUT_S = 120.0
+# The launcher gives up by itself when a component is not ready in time (VM_LAUNCHER_*_READY_TIMEOUT_SECONDS,
+# the segmentation service's long enough for a first start's classifier training): this only bounds a
+# launcher that hangs.
+_START_TIMEOUT_S = 3600.0
 
 
 _handed_out: set[int] = set()
@@ -90,14 +92,21 @@ class PlatformInstance:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"platform exited during start-up; see {self.log_path}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.base_url}/datasets?page_size=1", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+            if self._launcher_state().get("status") == "up":
+                return
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"platform not ready within {_START_TIMEOUT_S:.0f}s; see {self.log_path}")
+        raise RuntimeError(f"platform not up within {_START_TIMEOUT_S:.0f}s; see {self.log_path}")
+
+    def _launcher_state(self) -> dict:
+        """The state file of this instance's running launcher ({} before it has written one, or when stopped)."""
+        if self._process is None:
+            return {}
+        try:
+            state = json.loads((self.data_root / "run" / "processes.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return state if state.get("launcher") == self._process.pid else {}
 
     def stop(self) -> None:
         if self._process is None:
@@ -114,9 +123,13 @@ class PlatformInstance:
         self.stop()
         self.start()
 
+    @property
+    def launcher_pid(self) -> int | None:
+        """The running launcher's PID (None when stopped)."""
+        return self._process.pid if self._process is not None and self._process.poll() is None else None
+
     def pid_of(self, component: str) -> int:
-        state = json.loads((self.data_root / "run" / "processes.json").read_text())
-        return int(state["components"][component]["pid"])
+        return int(self._launcher_state()["components"][component]["pid"])
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

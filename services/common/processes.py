@@ -1,4 +1,5 @@
-"""Child processes that die with their parent.
+"""Child processes that die with their parent, and what a supervisor needs so that none of its descendants
+outlives it: the process table, process groups, and the child-subreaper role.
 
 The parent-death signal is set by util-linux's `setpriv` in the new process, right before it execs the
 real command. A `preexec_fn` would do the same from Python, but it forces a plain fork of a process whose
@@ -7,9 +8,73 @@ gRPC threads are running, and gRPC can abort the child between fork and exec.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
 import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+_PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 
 
 def dying_with_parent(command: list[str], death_signal: signal.Signals) -> list[str]:
     """`command`, wrapped so that it receives `death_signal` when the process that started it dies."""
     return ["setpriv", "--pdeathsig", death_signal.name.removeprefix("SIG"), "--", *command]
+
+
+def become_child_subreaper() -> None:
+    """Make this process the parent of every orphan among its descendants (instead of init), so that a
+    process whose parent died can still be found, killed and reaped here. Linux only."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(error)}")
+
+
+@dataclass(frozen=True)
+class ProcessEntry:
+    pid: int
+    name: str  # the executable's name, at most 15 characters (the kernel's comm)
+    parent: int
+    group: int
+    zombie: bool
+
+
+def process_table() -> list[ProcessEntry]:
+    """Every process of the system (read from /proc/<pid>/stat); processes that end while it is read are
+    left out."""
+    entries = []
+    for directory in Path("/proc").iterdir():
+        if not directory.name.isdigit():
+            continue
+        try:
+            stat = (directory / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses, so split after the last ")".
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        state, parent, group = stat[stat.rindex(")") + 2 :].split(maxsplit=3)[:3]
+        entries.append(ProcessEntry(int(directory.name), name, int(parent), int(group), state == "Z"))
+    return entries
+
+
+def signal_group(group: int, signum: int) -> bool:
+    """Send `signum` to every process of a process group (0: none, only check that it has processes); False
+    when the group has no process left."""
+    try:
+        os.killpg(group, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def kill_and_reap(pid: int) -> bool:
+    """SIGKILL a child of this process and reap it if it has ended; False while it has not ended yet."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    try:
+        reaped, _status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not (or no longer) a child: someone else reaps it
+        return True
+    return reaped == pid
