@@ -14,8 +14,9 @@ from launcher.instance import PlatformInstance
 
 # Small enough that the "too large" test sends little, large enough for every real test dataset.
 TEST_MAX_UPLOAD_BYTES = 24 * 1024 * 1024
-# The segmentation service trains its built-in component classifier when it first starts: minutes of CPU. Only the
-# session platform (which tests it) trains one; the other platforms tests start skip it (0 epochs = none).
+# The segmentation service trains its built-in component classifier when it first starts, and the platform is up only
+# once it is trained: minutes of CPU. Only the session platform (which tests it) trains one, within its start; the
+# other platforms tests start skip it (0 epochs = none).
 BUILTIN_EPOCHS = 6
 os.environ.setdefault("VM_SEGMENTATION_BUILTIN_EPOCHS", "0")
 

@@ -15,6 +15,7 @@ from services.common.triton.link import TritonLink
 from services.common.triton.settings import TritonSettings
 from services.ocr.settings import OcrSettings
 from services.segmentation.clients import GrpcTextReader
+from services.segmentation.domain.builtin_start import BuiltinClassifierStart
 from services.segmentation.domain.classification import ComponentClassifier
 from services.segmentation.domain.ingest import IngestTasks
 from services.segmentation.domain.layout_segmenter import LayoutSegmenter
@@ -85,6 +86,7 @@ async def main(settings: SegmentationSettings) -> None:
         training_max_attempts=settings.training_max_attempts,
     )
     await asyncio.to_thread(manager.ensure_builtin)
+    builtin = BuiltinClassifierStart(manager, files)
     resources = TrainingResources(db, files, policy, settings.max_image_pixels)
     service = ComponentService(
         segmenters,
@@ -109,7 +111,13 @@ async def main(settings: SegmentationSettings) -> None:
         asyncio.create_task(triton.watch(), name="triton-watch"),
         asyncio.create_task(manager.run(), name="classifier-training"),
         asyncio.create_task(ingest.run(), name="ingest-tasks"),
+        asyncio.create_task(builtin.follow(), name="builtin-classifier-progress"),
     ]
+    database_ready = database_probe(engine)
+
+    async def ready() -> bool:
+        # Not before the built-in classifier is trained: until then requests that name no model answer 805.
+        return await database_ready() and await builtin.settled()
 
     def register(server: grpc.aio.Server) -> list[str]:
         segmentation_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(ingest, settings), server)
@@ -128,7 +136,7 @@ async def main(settings: SegmentationSettings) -> None:
         await triton.close()
         engine.dispose()
 
-    await serve("segmentation", settings, register, readiness=database_probe(engine), on_shutdown=shutdown)
+    await serve("segmentation", settings, register, readiness=ready, on_shutdown=shutdown)
 
 
 if __name__ == "__main__":
