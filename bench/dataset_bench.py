@@ -22,6 +22,13 @@ What is measured:
    16) are sent in `--rounds` turns that alternate between the paths, so drifts of a shared machine do not
    favour one path. "Gateway overhead at p50" is p50(rest) - p50(grpc-direct). Target: <= 1 ms on loopback.
 
+3. What the gateway's request checks (envoy/request_checks.lua: route resolution, path/query checks, strict
+   JSON parsing and the walk of the body against the request message) cost: on a platform the bench starts,
+   a second Envoy runs the same rendered config without that filter, in front of the same services, and the
+   bench adds `rest-unchecked` (GET through it) and `rest-put` / `rest-put-unchecked` (PUT /datasets/{id} with
+   a JSON body of description and tags, through each Envoy) to the interleaved paths. The cost at p50 is
+   p50(through the platform's Envoy) - p50(through the one without checks). Target: < 1 ms.
+
 Client and platform share the machine: at concurrency 16 the Python client threads (one GIL) compete with
 Envoy and the dataset service for the same cores, so treat those figures as the whole system's, not the
 server's alone. The figures are printed as a table and written to bench/results/dataset_bench.json.
@@ -39,21 +46,24 @@ import platform
 import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
+from unittest import mock
 from urllib.parse import urlsplit
 
 import grpc
 import httpx
 import numpy as np
+import yaml
 from PIL import Image, ImageDraw
 from visionmesh.dataset.v1 import dataset_pb2 as pb
 from visionmesh.dataset.v1 import dataset_pb2_grpc
@@ -63,6 +73,7 @@ from launcher.instance import PlatformInstance
 
 PREPARE_TARGET_IMAGES_PER_S = 500.0
 GATEWAY_OVERHEAD_TARGET_MS = 1.0
+CHECKS_OVERHEAD_TARGET_MS = 1.0
 CONCURRENCIES = (1, 16)
 CLASSES = ("circle", "square", "triangle")
 IMAGE_SIZE = (640, 480)
@@ -210,20 +221,24 @@ class Client(Protocol):
 
 
 class RestClient:
-    """GET /datasets/{id} over one keep-alive HTTP/1.1 connection."""
+    """GET /datasets/{id} (or PUT it with a JSON body) over one keep-alive HTTP/1.1 connection."""
 
-    def __init__(self, base_url: str, dataset_id: str) -> None:
+    def __init__(self, base_url: str, dataset_id: str, method: str = "GET", body: dict | None = None) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
             raise BenchError(f"--base-url must be http://host[:port][/prefix], not {base_url!r}")
         self._host, self._port = parts.hostname, parts.port or 80
         self._path = f"{parts.path.rstrip('/')}/datasets/{dataset_id}"
+        self._method = method
+        self._body = None if body is None else json.dumps(body).encode()
         self._headers = {"Accept": "application/json"}
+        if self._body is not None:
+            self._headers["Content-Type"] = "application/json"
         self._connection = self._connect()
         self.reconnects = 0
         body = self._get()
         if json.loads(body).get("dataset_id") != dataset_id:
-            raise BenchError(f"GET {self._path} returned another dataset: {body[:200]!r}")
+            raise BenchError(f"{method} {self._path} returned another dataset: {body[:200]!r}")
 
     def _connect(self) -> http.client.HTTPConnection:
         connection = http.client.HTTPConnection(self._host, self._port, timeout=_RPC_TIMEOUT_S)
@@ -234,18 +249,18 @@ class RestClient:
 
     def _get(self) -> bytes:
         try:
-            self._connection.request("GET", self._path, headers=self._headers)
+            self._connection.request(self._method, self._path, body=self._body, headers=self._headers)
             response = self._connection.getresponse()
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
             # The server closed an idle keep-alive connection: reconnect once (counted in the results).
             self.reconnects += 1
             self._connection.close()
             self._connection = self._connect()
-            self._connection.request("GET", self._path, headers=self._headers)
+            self._connection.request(self._method, self._path, body=self._body, headers=self._headers)
             response = self._connection.getresponse()
         body = response.read()
         if response.status != 200:
-            raise BenchError(f"GET {self._path} answered HTTP {response.status}: {body[:300]!r}")
+            raise BenchError(f"{self._method} {self._path} answered HTTP {response.status}: {body[:300]!r}")
         if response.will_close:
             self._connection.close()
             self._connection = self._connect()
@@ -403,28 +418,80 @@ class Overhead:
     concurrency: int
     gateway_p50_ms: float  # p50(rest) - p50(grpc-direct)
     envoy_grpc_p50_ms: float | None  # p50(grpc-envoy) - p50(grpc-direct)
+    # p50(rest) - p50(rest-unchecked), and the same for the PUT with a JSON body: what the request checks cost.
+    checks_get_p50_ms: float | None = None
+    checks_put_p50_ms: float | None = None
     target_ms: float = GATEWAY_OVERHEAD_TARGET_MS
     meets_target: bool = False
+    checks_meet_target: bool | None = None
 
 
 def overheads(results: list[LatencyResult]) -> list[Overhead]:
     by_key = {(r.path, r.concurrency): r for r in results}
+
+    def difference(path: str, baseline: str, concurrency: int) -> float | None:
+        measured, base = by_key.get((path, concurrency)), by_key.get((baseline, concurrency))
+        return None if measured is None or base is None else measured.p50_ms - base.p50_ms
+
     found = []
     for concurrency in CONCURRENCIES:
-        rest, direct = by_key.get(("rest", concurrency)), by_key.get(("grpc-direct", concurrency))
-        if rest is None or direct is None:
+        gateway = difference("rest", "grpc-direct", concurrency)
+        if gateway is None:
             continue
-        via_envoy = by_key.get(("grpc-envoy", concurrency))
-        gateway = rest.p50_ms - direct.p50_ms
+        checks = [difference(path, f"{path}-unchecked", concurrency) for path in ("rest", "rest-put")]
+        measured_checks = [value for value in checks if value is not None]
         found.append(
             Overhead(
                 concurrency=concurrency,
                 gateway_p50_ms=gateway,
-                envoy_grpc_p50_ms=None if via_envoy is None else via_envoy.p50_ms - direct.p50_ms,
+                envoy_grpc_p50_ms=difference("grpc-envoy", "grpc-direct", concurrency),
+                checks_get_p50_ms=checks[0],
+                checks_put_p50_ms=checks[1],
                 meets_target=gateway <= GATEWAY_OVERHEAD_TARGET_MS,
+                checks_meet_target=(
+                    all(value <= CHECKS_OVERHEAD_TARGET_MS for value in measured_checks) if measured_checks else None
+                ),
             )
         )
     return found
+
+
+@contextlib.contextmanager
+def envoy_without_checks(instance: PlatformInstance, work_dir: Path) -> Iterator[str]:
+    """A second Envoy in front of the same services, with the platform's config minus the request checks
+    (envoy/request_checks.lua): the baseline their cost is measured against. Yields its base URL."""
+    from gateway.envoy_config import envoy_command, render
+    from gateway.settings import GatewaySettings
+    from launcher.instance import free_port
+
+    with mock.patch.dict(os.environ, instance.env):
+        settings = GatewaySettings()
+        config = render(settings)
+    listener = config["static_resources"]["listeners"][0]
+    port = free_port()
+    listener["address"]["socket_address"]["port_value"] = port
+    listener.pop("additional_addresses", None)
+    config["admin"]["address"]["socket_address"]["port_value"] = free_port()
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    manager["http_filters"] = [f for f in manager["http_filters"] if f["name"] != "visionmesh.request_checks"]
+    path = work_dir / "envoy-unchecked.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    envoy = str(Path(sys.executable).parent / "envoy")
+    process = subprocess.Popen(envoy_command(settings, path, envoy), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base_url}/datasets?page_size=1", timeout=2, trust_env=False).status_code == 200:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"the Envoy without request checks did not start: {process.stderr.read()[-500:]!r}")
+            time.sleep(0.2)
+        yield base_url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 # ------------------------------------------------------------------------------------------------- report
@@ -488,6 +555,15 @@ def render_table(report: Report) -> str:
                 f"  concurrency {o.concurrency:>2}: {o.gateway_p50_ms:+.3f} ms   target <= {o.target_ms:g} ms  "
                 f"{verdict(o.meets_target)}{envoy_grpc}"
             )
+        checked = [o for o in report.gateway_overhead if o.checks_get_p50_ms is not None]
+        if checked:
+            lines += ["", "Request checks (envoy/request_checks.lua) at p50 = p50(Envoy) - p50(Envoy without them)"]
+        for o in checked:
+            put = "" if o.checks_put_p50_ms is None else f", PUT with a JSON body {o.checks_put_p50_ms:+.3f} ms"
+            lines.append(
+                f"  concurrency {o.concurrency:>2}: GET {o.checks_get_p50_ms:+.3f} ms{put}   "
+                f"target <= {CHECKS_OVERHEAD_TARGET_MS:g} ms  {verdict(bool(o.checks_meet_target))}"
+            )
     return "\n".join(lines)
 
 
@@ -535,7 +611,9 @@ def external_targets(args: argparse.Namespace) -> Targets:
     return Targets(base_url, grpc_target, args.service_target)
 
 
-def run_bench(args: argparse.Namespace, targets: Targets, work_dir: Path, report: Report) -> str:
+def run_bench(
+    args: argparse.Namespace, targets: Targets, work_dir: Path, report: Report, unchecked_url: str | None = None
+) -> str:
     """Fill `report`; return the bench dataset's ID."""
     print(f"generating {args.images} images ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
@@ -558,6 +636,23 @@ def run_bench(args: argparse.Namespace, targets: Targets, work_dir: Path, report
         ),
         AccessPath("grpc-envoy", "native gRPC via Envoy", lambda: GrpcClient(targets.grpc_target, dataset_id)),
     ]
+    update = {"description": "benchmark dataset", "tags": ["bench", "shapes"]}
+    if unchecked_url:
+        paths += [
+            AccessPath(
+                "rest-unchecked", "REST via Envoy without request checks", lambda: RestClient(unchecked_url, dataset_id)
+            ),
+            AccessPath(
+                "rest-put",
+                "REST PUT (JSON body) via Envoy",
+                lambda: RestClient(targets.base_url, dataset_id, "PUT", update),
+            ),
+            AccessPath(
+                "rest-put-unchecked",
+                "REST PUT via Envoy without request checks",
+                lambda: RestClient(unchecked_url, dataset_id, "PUT", update),
+            ),
+        ]
     if targets.service_target:
         service_target = targets.service_target
         paths.append(
@@ -608,7 +703,10 @@ def main(argv: list[str] | None = None) -> int:
             instance.start()
             targets = Targets(instance.base_url, instance.grpc_target, instance.service_target("dataset"))
         report.settings.update(asdict(targets))
-        dataset_id = run_bench(args, targets, work_dir, report)
+        with contextlib.ExitStack() as stack:
+            # The request checks' cost needs a second Envoy on the same services: only on a platform started here.
+            unchecked = stack.enter_context(envoy_without_checks(instance, work_dir)) if instance else None
+            dataset_id = run_bench(args, targets, work_dir, report, unchecked)
     finally:
         if instance is not None:
             instance.stop()
