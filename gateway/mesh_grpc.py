@@ -15,14 +15,15 @@ from pathlib import Path
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
 from gateway.envoy_config import api_services
 from gateway.settings import GatewaySettings
 from services.common.grpc_server import serve
-from services.common.reflection import enable_reflection
+from services.common.reflection import REFLECTION_SERVICE_NAMES, enable_reflection
 from services.registry import MESH_SERVICES, owner_of
 
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 _PROBE_TIMEOUT_S = 2.0
@@ -63,11 +64,7 @@ class MeshHealth(health_pb2_grpc.HealthServicer):
             return SERVING if all(status == SERVING for status in results) else NOT_SERVING
         owner = owner_of(service) if service in self._api else None
         if owner is None:
-            return (
-                SERVING
-                if service in (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
-                else None
-            )
+            return SERVING if service in (HEALTH_SERVICE_NAME, *REFLECTION_SERVICE_NAMES) else None
         return await self._probe(owner.name, service)
 
     async def Check(
@@ -98,7 +95,7 @@ async def serve_mesh_grpc(settings: GatewaySettings) -> None:
         health_pb2_grpc.add_HealthServicer_to_server(MeshHealth(api), server)
         enable_reflection(
             server,
-            [*api, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name],
+            [*api, HEALTH_SERVICE_NAME],
             pool=reflection_pool(settings.descriptor_set),
         )
         return []
