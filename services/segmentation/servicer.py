@@ -106,7 +106,7 @@ class IngestServicer(segmentation_pb2_grpc.IngestServiceServicer):
     ) -> pb.IngestStatusResponse:
         with envelope_errors({"task_id": request.task_id}):
             if not request.task_id:
-                raise EnvelopeError(Err.DATA_FORMAT_ERROR, "task_id is required")
+                raise EnvelopeError(Err.INVALID_PARAMETER, "task_id is required")
             state = await self._tasks.wait(request.task_id, 0)
         payload = pb.IngestStatusPayload(
             task_id=state.task_id,

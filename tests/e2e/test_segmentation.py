@@ -138,7 +138,7 @@ def test_ingest_by_url_and_its_errors(http: httpx.Client, images: ImageServer) -
     failed = ok_payload(http.get("/ingest/status", params={"task_id": unreachable["task_id"]}))
     assert failed["task_status"] == 400 and failed["err"] == 801 and failed["detail"]
     failure(http.get("/ingest/status", params={"task_id": "ingest_nope"}), 404, 803)
-    failure(http.get("/ingest/status"), 400, 806)
+    failure(http.get("/ingest/status"), 400, 807)  # a missing required field: invalid parameter
     missing = http.get("/uploads/nope.png")
     assert missing.status_code == 404 and missing.json() == {"detail": "file not found"}
     assert http.get("/uploads/..%2Fdb%2Fsegmentation.sqlite3").status_code in (400, 404)
