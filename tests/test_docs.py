@@ -23,7 +23,12 @@ def _env_names(settings: type[BaseSettings]) -> set[str]:
 
 def test_every_setting_is_in_the_configuration_reference() -> None:
     documented = set(re.findall(r"`(VM_[A-Z0-9_]+)`", (REPO_ROOT / "docs" / "configuration.md").read_text()))
-    classes = [GatewaySettings, LauncherSettings, TritonSettings, *(type(service.settings()) for service in MESH_SERVICES)]
+    classes = [
+        GatewaySettings,
+        LauncherSettings,
+        TritonSettings,
+        *(type(service.settings()) for service in MESH_SERVICES),
+    ]
     missing = set().union(*(_env_names(cls) for cls in classes)) - documented
     assert not missing, f"document these in docs/configuration.md: {sorted(missing)}"
 

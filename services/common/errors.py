@@ -6,6 +6,17 @@ that REST clients receive as {"detail": "..."}.
 
 from __future__ import annotations
 
+import re
+
+# An absolute path of two or more components (not the tail of a relative one); group 1 is its last one.
+_SERVER_PATH = re.compile(r"(?<![\w.~-])(?:/[^\s/:'\"]+)+/([^\s/:'\"]+)")
+
+
+def without_server_paths(text: str) -> str:
+    """Absolute paths reduced to their last component (/srv/data/models/.staging-x/model.pt -> model.pt): for
+    messages from libraries and subprocesses that reach clients, whose paths only the operator should see."""
+    return _SERVER_PATH.sub(lambda match: match.group(1), text)
+
 
 class ServiceError(Exception):
     http_status = 500

@@ -4,7 +4,6 @@ control: models are loaded on first use and reloaded after Triton restarts)."""
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from typing import NamedTuple
 
@@ -15,7 +14,7 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
-from services.common.errors import Conflict, Unavailable
+from services.common.errors import Conflict, Unavailable, without_server_paths
 from services.common.triton.settings import TritonSettings
 
 log = structlog.get_logger("triton.link")
@@ -25,7 +24,6 @@ _PROBE_TIMEOUT_S = 2.0
 _LOAD_TIMEOUT_S = 300.0
 _FAILED_LOAD_MEMORY_S = 30.0
 _YOLO_STRIDE = 32  # the largest stride of YOLOv8/11 detection heads
-_SERVER_PATH = re.compile(r"(?:/[^\s/:'\"]+)+/([^\s/:'\"]+)")
 _NUMPY_TO_TRITON = {np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16", np.dtype(np.uint8): "UINT8"}
 
 
@@ -185,10 +183,6 @@ class TritonLink:
             return Unavailable(f"{what}: the model server (Triton) did not answer; retry shortly")
         return Conflict(f"{what}: {_brief(error.message() or str(error))}")
 
-    async def statistics(self, model_id: str = "") -> dict:
-        self._require_connection()
-        return await self._client.get_inference_statistics(model_id, as_json=True)
-
     async def close(self) -> None:
         await self._client.close()
 
@@ -197,7 +191,7 @@ def _brief(message: str) -> str:
     """Triton's message without what only the operator should see: the Python traceback of a model that failed
     to initialise ("At: /path/model.py(29): initialize") and directories of server paths."""
     first = message.strip().split("\n", 1)[0].strip()
-    return _SERVER_PATH.sub(lambda match: match.group(1), first)[:500]
+    return without_server_paths(first)[:500]
 
 
 def _is_unknown_model(error: InferenceServerException) -> bool:

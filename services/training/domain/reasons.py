@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 
+from services.common.errors import without_server_paths
+
 # Terminal colours (Ultralytics colours its console output).
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
-# An absolute path of two or more components (not the tail of a relative one); group 1 is its last one.
-_SERVER_PATH = re.compile(r"(?<![\w.~-])(?:/[^\s/:'\"]+)+/([^\s/:'\"]+)")
 # The last line of a Python traceback: "TypeError: ...", "_pickle.UnpicklingError: ...".
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)\b.*$")
 
@@ -19,11 +19,6 @@ def fit_for_users(message: str) -> str:
     text = ANSI_ESCAPE.sub("", message).replace("❌", "").replace("⚠️", "").replace("\ufe0f", "")
     lines = [re.sub(r"[ \t]+", " ", line).strip() for line in text.splitlines()]
     return "\n".join(line for line in lines if line and not line.startswith("Note dataset download directory"))
-
-
-def without_server_paths(text: str) -> str:
-    """Absolute paths reduced to their last component: /srv/data/models/.staging-x/model.pt -> model.pt."""
-    return _SERVER_PATH.sub(lambda match: match.group(1), text)
 
 
 def last_exception(output: str) -> str | None:

@@ -34,9 +34,10 @@ from typing import Any
 import yaml
 
 from services.common.clock import iso, utcnow
+from services.common.errors import without_server_paths
 from services.common.storage.files import atomic_write_text
 from services.training.domain.metrics import from_ultralytics
-from services.training.domain.reasons import ANSI_ESCAPE, fit_for_users, without_server_paths
+from services.training.domain.reasons import ANSI_ESCAPE, fit_for_users
 from services.training.ultralytics_env import ultralytics_environment
 
 RUN_NAME = "train"

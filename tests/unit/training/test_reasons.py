@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from services.training.domain.reasons import fit_for_users, last_exception, without_server_paths
+from services.common.errors import without_server_paths
+from services.training.domain.reasons import fit_for_users, last_exception
 
 # What the ONNX exporter's child printed for a file that is not a checkpoint (Ultralytics 8.4, shortened).
 _EXPORTER_OUTPUT = """Traceback (most recent call last):
