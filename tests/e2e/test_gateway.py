@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from visionmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from visionmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
@@ -22,6 +23,7 @@ from tests.e2e.segmentation_data import failure
 pytestmark = pytest.mark.e2e
 
 JSON = {"content-type": "application/json"}
+SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 def test_unknown_json_fields_are_refused_by_name(http: httpx.Client) -> None:
@@ -162,6 +164,10 @@ def test_internal_rpcs_are_not_on_the_public_port(platform: PlatformInstance) ->
         names = {service.name for service in listing.list_services_response.service}
         assert "visionmesh.inference.v1.InferenceService" in names
         assert not names & {"visionmesh.inference.v1.ServingControl", "visionmesh.ocr.v1.TextReader"}
+        # The shared port's health knows what it serves, reflection v1 included.
+        health = health_pb2_grpc.HealthStub(public)
+        for name in ("grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"):
+            assert health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10).status == SERVING
     # The other services reach them on the owner's own port.
     with grpc.insecure_channel(platform.service_target("inference")) as own:
         served = inference_pb2_grpc.ServingControlStub(own).UnloadModel(
