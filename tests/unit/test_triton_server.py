@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +75,26 @@ def save_onnx(graph: onnx.GraphProto, path: Path) -> Path:
     return path
 
 
+@contextmanager
+def tritonserver(settings: TritonSettings, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The bundled tritonserver on `settings`' repository, ready, stopped (SIGTERM, then SIGKILL) at the end."""
+    prepare_backends(settings)
+    with open(log, "wb") as output:
+        server = subprocess.Popen(
+            server_command(settings), env={**os.environ, **server_environment()}, stdout=output, stderr=output
+        )
+    try:
+        wait_ready(settings, server, log)
+        yield server
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
 def wait_ready(settings: TritonSettings, server: subprocess.Popen[bytes], log: Path) -> None:
     probe = triton_ready(settings.grpc_address)
     deadline = time.monotonic() + _START_TIMEOUT_S
@@ -98,23 +119,9 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningTriton]
     broken = write_triton_model(settings.repository, "broken", onnx_file, ["thing"], IMGSZ, settings=settings)
     (broken / "1" / "model.onnx").unlink()  # a hard link to the good file: replaced, not overwritten
     (broken / "1" / "model.onnx").write_bytes(b"not an onnx model")
-    prepare_backends(settings)
     log = root / "tritonserver.log"
-    with open(log, "wb") as output:
-        server = subprocess.Popen(
-            server_command(settings), env={**os.environ, **server_environment()}, stdout=output, stderr=output
-        )
-    try:
-        wait_ready(settings, server, log)
-        with triton.InferenceServerClient(settings.grpc_address) as client:
-            yield RunningTriton(settings, client, log)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    with tritonserver(settings, log), triton.InferenceServerClient(settings.grpc_address) as client:
+        yield RunningTriton(settings, client, log)
 
 
 @pytest.fixture(scope="module")

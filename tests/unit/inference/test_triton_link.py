@@ -4,10 +4,8 @@ with a 503 that tells the client to retry, and never where Triton listens (that 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +15,8 @@ from launcher.instance import free_port
 from services.common.errors import Unavailable
 from services.common.triton.link import TritonLink
 from services.common.triton.repository import write_triton_model
-from services.common.triton.server import prepare_backends, server_command, server_environment
 from services.common.triton.settings import TritonSettings
-from tests.unit.test_triton_server import IMGSZ, doubling_onnx, images, wait_ready
+from tests.unit.test_triton_server import IMGSZ, doubling_onnx, images, tritonserver
 
 ADDRESS = re.compile(r"\d{1,3}(\.\d{1,3}){3}|localhost|:\d{2,5}\b")
 
@@ -54,16 +51,9 @@ def test_a_triton_that_stops_answering_between_two_probes_is_a_503_without_its_a
         model_format="python",
         request_timeout_seconds=1.0,
     )
-    write_triton_model(settings.repository, "double", doubling_onnx(tmp_path / "double.onnx"), ["x"], IMGSZ,
-                       settings=settings)  # fmt: skip
-    prepare_backends(settings)
-    log = tmp_path / "tritonserver.log"
-    with open(log, "wb") as output:
-        server = subprocess.Popen(
-            server_command(settings), env={**os.environ, **server_environment()}, stdout=output, stderr=output
-        )
-    try:
-        wait_ready(settings, server, log)
+    onnx_file = doubling_onnx(tmp_path / "double.onnx")
+    write_triton_model(settings.repository, "double", onnx_file, ["x"], IMGSZ, settings=settings)
+    with tritonserver(settings, tmp_path / "tritonserver.log") as server:
 
         async def scenario() -> Unavailable:
             link = TritonLink(settings)
@@ -81,10 +71,3 @@ def test_a_triton_that_stops_answering_between_two_probes_is_a_503_without_its_a
                 await link.close()
 
         assert_says_retry_without_the_address(asyncio.run(scenario()), settings)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
