@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -19,13 +20,22 @@ from launcher.instance import PlatformInstance
 from tests import datagen
 from tests.conftest import datasets_dir
 from tests.e2e.api import assert_error, prepared, uploaded
+from tests.e2e.segmentation_data import failure
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
+# Small upload limits, to see them at work (the session platform's are the defaults, which tests never reach).
+UPLOAD_RATE_PER_SECOND, UPLOAD_BURST = 5, 10
+
+
 @pytest.fixture(scope="module")
 def own_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformInstance]:
-    with PlatformInstance(tmp_path_factory.mktemp("resilience") / "data") as instance:
+    limits = {
+        "VM_GATEWAY_UPLOAD_RATE_PER_SECOND": str(UPLOAD_RATE_PER_SECOND),
+        "VM_GATEWAY_UPLOAD_BURST": str(UPLOAD_BURST),
+    }
+    with PlatformInstance(tmp_path_factory.mktemp("resilience") / "data", extra_env=limits) as instance:
         yield instance
 
 
@@ -88,6 +98,19 @@ def test_a_crashed_service_answers_503_then_is_restarted(own_platform: PlatformI
     assert not down.value.details().startswith("{")  # gRPC clients get Envoy's message, not a REST body
     _wait_until(lambda: _serving(client), timeout=60)
     assert own_platform.pid_of("dataset") != pid
+
+
+def test_a_crashed_service_of_document_004_answers_in_its_envelope(
+    own_platform: PlatformInstance, client: httpx.Client
+) -> None:
+    pid = own_platform.pid_of("ocr")
+    os.kill(pid, signal.SIGKILL)
+    _wait_until(
+        lambda: not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    )
+    payload = failure(client.post("/imgSeg/v1/predictText", json={"user_id": "u", "image_url_list": []}), 503, 808)
+    assert payload["detail"] == "The ocr service is not reachable right now; try again shortly"
+    _wait_until(lambda: own_platform.pid_of("ocr") != pid, timeout=60)
 
 
 def test_killed_during_prepare_leaves_the_old_state_or_the_new(
@@ -164,3 +187,23 @@ def _try_post(http: httpx.Client, url: str, **kwargs: object) -> httpx.Response 
         return http.post(url, **kwargs)  # type: ignore[arg-type]
     except httpx.HTTPError as error:
         return error
+
+
+def test_uploads_are_rate_limited_per_client(client: httpx.Client) -> None:
+    attempts = UPLOAD_BURST + 4 * UPLOAD_RATE_PER_SECOND
+
+    def upload(_: int) -> httpx.Response:
+        return client.post("/models/upload", files={"file": ("m.zip", b"not a zip", "application/zip")})
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(upload, range(attempts)))
+    limited = [answer for answer in answers if answer.status_code == 429]
+    assert limited and {answer.status_code for answer in answers} <= {400, 429}, [a.status_code for a in answers]
+    assert_error(limited[0], 429, "Too many uploads from this client (at most 5 a second, 10 at once)")
+    assert limited[0].headers["retry-after"] == "1"
+    # One bucket for every upload route, REST and native gRPC alike; other routes are not limited.
+    assert_error(client.post("/datasets/upload", files={"file": ("d.zip", b"x", "application/zip")}), 429)
+    assert client.get("/models").status_code == 200
+    # The bucket refills.
+    _wait_until(lambda: upload(0).status_code == 400, timeout=10)
+    time.sleep(UPLOAD_BURST / UPLOAD_RATE_PER_SECOND)
