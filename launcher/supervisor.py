@@ -30,9 +30,10 @@ import structlog
 from launcher.guardian import RELEASE
 from services.common.processes import (
     become_child_subreaper,
+    children_of_this_process,
     dying_with_parent,
+    group_members,
     kill_and_reap,
-    process_table,
     signal_group,
 )
 
@@ -214,7 +215,7 @@ class Supervisor:
         sessions of their own), until the group is empty and every orphan is reaped."""
         assert component.process is not None
         group = component.process.pid
-        left = [entry.pid for entry in process_table() if entry.group == group and not entry.zombie]
+        left = group_members(group)
         if left:
             log.warning("killing what it left behind", component=component.name, pids=left)
         deadline = time.monotonic() + _GROUP_CLEAR_TIMEOUT_S
@@ -223,8 +224,7 @@ class Supervisor:
             if not signal_group(group, signal.SIGKILL) and orphans_reaped:
                 return
             if time.monotonic() > deadline:
-                stuck = [entry.pid for entry in process_table() if entry.group == group]
-                log.error("what it left behind does not end", component=component.name, pids=stuck)
+                log.error("what it left behind does not end", component=component.name, pids=group_members(group))
                 return
             await asyncio.sleep(0.05)
 
@@ -235,14 +235,13 @@ class Supervisor:
             own = {c.process.pid for c in self._components if c.process is not None}
             if self._guardian is not None:
                 own.add(self._guardian.pid)
-            launcher = os.getpid()
             reaped = True
-            for entry in process_table():
-                if entry.parent != launcher or entry.pid in own:
+            for pid, name, ended in children_of_this_process():
+                if pid in own:
                     continue
-                if not entry.zombie:
-                    log.warning("killing an orphan", pid=entry.pid, name=entry.name)
-                reaped = kill_and_reap(entry.pid) and reaped
+                if not ended:
+                    log.warning("killing an orphan", pid=pid, name=name)
+                reaped = kill_and_reap(pid) and reaped
             return reaped
 
     async def _sweep_orphans(self) -> None:

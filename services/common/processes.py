@@ -12,8 +12,8 @@ import contextlib
 import ctypes
 import os
 import signal
-from dataclasses import dataclass
-from pathlib import Path
+
+import psutil
 
 _PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 
@@ -32,31 +32,27 @@ def become_child_subreaper() -> None:
         raise OSError(error, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(error)}")
 
 
-@dataclass(frozen=True)
-class ProcessEntry:
-    pid: int
-    name: str  # the executable's name, at most 15 characters (the kernel's comm)
-    parent: int
-    group: int
-    zombie: bool
-
-
-def process_table() -> list[ProcessEntry]:
-    """Every process of the system (read from /proc/<pid>/stat); processes that end while it is read are
-    left out."""
-    entries = []
-    for directory in Path("/proc").iterdir():
-        if not directory.name.isdigit():
-            continue
+def group_members(group: int) -> list[int]:
+    """The processes of a process group that have not ended (zombies have)."""
+    members = []
+    for process in psutil.process_iter(["status"]):
         try:
-            stat = (directory / "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses, so split after the last ")".
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        state, parent, group = stat[stat.rindex(")") + 2 :].split(maxsplit=3)[:3]
-        entries.append(ProcessEntry(int(directory.name), name, int(parent), int(group), state == "Z"))
-    return entries
+            if process.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(process.pid) == group:
+                members.append(process.pid)
+        except (ProcessLookupError, psutil.Error):
+            continue  # ended meanwhile
+    return members
+
+
+def children_of_this_process() -> list[tuple[int, str, bool]]:
+    """(pid, name, ended) of every child of this process: a subreaper's orphans are among them."""
+    found = []
+    for child in psutil.Process().children():
+        try:
+            found.append((child.pid, child.name(), child.status() == psutil.STATUS_ZOMBIE))
+        except psutil.NoSuchProcess:
+            continue  # reaped meanwhile
+    return found
 
 
 def signal_group(group: int, signum: int) -> bool:
