@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
@@ -64,15 +64,20 @@ def _human(size: int) -> str:
 class UploadReceiver:
     """Feed it the body chunks in order; `finish` returns what was received.
 
-    `raw_field`/`raw_filename` name the file when the body is not multipart. Every file lands in
+    `parts` are the form fields (files and values) the route takes: any other is refused by name, as the
+    gateway refuses unknown JSON fields, since a misspelt field silently ignored does what the client did not
+    ask. `raw_field`/`raw_filename` name the file when the body is not multipart. Every file lands in
     `directory` (a staging directory the caller owns and cleans up).
     """
 
-    def __init__(self, directory: Path, max_bytes: int, raw_field: str, raw_filename: str) -> None:
+    def __init__(
+        self, directory: Path, max_bytes: int, raw_field: str, raw_filename: str, *, parts: Collection[str]
+    ) -> None:
         self._directory = directory
         self._max_bytes = max_bytes
         self._raw_field = raw_field
         self._raw_filename = raw_filename
+        self._parts = frozenset(parts) | {raw_field}
         self._received = 0
         self._result = ReceivedUpload()
         self._parser: MultipartParser | None = None
@@ -137,9 +142,12 @@ class UploadReceiver:
             self._result.files[0] = ReceivedFile(raw.field, raw.filename, raw.path, self._received)
         elif self._form is not None:
             try:
-                self._result.fields.update(parse_qsl(self._form.decode(), keep_blank_values=True, strict_parsing=False))
+                fields = parse_qsl(self._form.decode(), keep_blank_values=True, strict_parsing=False)
             except UnicodeDecodeError as error:
                 raise InvalidArgument("The form body is not UTF-8") from error
+            for name, value in fields:
+                self._check_part(name)
+                self._result.fields[name] = value
         elif self._parser is None:
             raise InvalidArgument("Empty request body")
         elif not self._complete:
@@ -184,6 +192,7 @@ class UploadReceiver:
         disposition = self._part_headers.get(b"content-disposition", b"")
         _, options = parse_options_header(disposition)
         self._part_name = options.get(b"name", b"").decode("utf-8", "replace")
+        self._check_part(self._part_name)
         filename = options.get(b"filename")
         if filename is not None:
             self._part_filename = clean_filename(filename.decode("utf-8", "replace"), default=self._raw_filename)
@@ -209,10 +218,18 @@ class UploadReceiver:
                 ReceivedFile(self._part_name, self._part_filename, self._part_path, self._part_size)
             )
         else:
-            self._result.fields[self._part_name] = self._field_value.decode("utf-8", "replace")
+            try:
+                self._result.fields[self._part_name] = self._field_value.decode()
+            except UnicodeDecodeError:
+                raise InvalidArgument(f'Form field "{self._part_name}" is not valid UTF-8') from None
 
     def _on_end(self) -> None:
         self._complete = True
+
+    def _check_part(self, name: str) -> None:
+        if name not in self._parts:
+            shown = name if len(name) <= 60 else name[:57] + "..."
+            raise InvalidArgument(f'Unknown form field "{shown}"; this route takes: {", ".join(sorted(self._parts))}')
 
 
 async def receive_upload(
@@ -243,7 +260,7 @@ async def receive_file(
 ) -> ReceivedFile:
     """The single multipart field `file` (or a raw body) of a client-streaming upload RPC; a raw body is
     named by the first message's `filename`, if any."""
-    receiver = UploadReceiver(staging, max_bytes, raw_field="file", raw_filename=default_name)
+    receiver = UploadReceiver(staging, max_bytes, raw_field="file", raw_filename=default_name, parts={"file"})
     upload, first = await receive_upload(messages, body_of, receiver)
     return client_named(upload.single_file("file"), first)
 

@@ -6,7 +6,7 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 
 import grpc
@@ -91,9 +91,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self._settings = settings
 
     async def _receive(
-        self, messages: AsyncIterator[pb.InferRequest], staging: Path, raw_field: str, max_bytes: int
+        self,
+        messages: AsyncIterator[pb.InferRequest],
+        staging: Path,
+        raw_field: str,
+        max_bytes: int,
+        parts: Collection[str] = (),
     ) -> tuple[ReceivedUpload, pb.InferRequest, Thresholds]:
-        receiver = UploadReceiver(staging, max_bytes, raw_field=raw_field, raw_filename=_RAW_BODY_NAME)
+        """The upload of one of the detection routes: its files, and the thresholds (`conf`, `iou`) every route
+        takes; `parts` are the route's other form fields."""
+        receiver = UploadReceiver(
+            staging, max_bytes, raw_field=raw_field, raw_filename=_RAW_BODY_NAME, parts={*parts, "conf", "iou"}
+        )
         upload, first = await receive_upload(messages, lambda message: message.body, receiver)
         upload.files[:] = [client_named(f, first) if f.filename == _RAW_BODY_NAME else f for f in upload.files]
         thresholds = self._service.engine.thresholds(
@@ -116,7 +125,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     ) -> pb.BatchInferResponse:
         with self._service.staging() as staging:
             upload, _, thresholds = await self._receive(
-                request_iterator, staging, "files", self._settings.max_image_upload_bytes
+                request_iterator, staging, "files", self._settings.max_image_upload_bytes, ("file", "model_ids")
             )
             results = await self._service.infer_batch(
                 upload.fields.get("model_ids", ""),
@@ -184,7 +193,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     ) -> pb.ExportSession:
         with self._service.staging() as staging:
             upload, first, thresholds = await self._receive(
-                request_iterator, staging, "files", self._settings.max_image_upload_bytes
+                request_iterator, staging, "files", self._settings.max_image_upload_bytes, ("file",)
             )
             session = await self._service.export_session(first.model_id, _images(upload), thresholds)
         return pb.ExportSession(

@@ -79,7 +79,11 @@ class IngestServicer(segmentation_pb2_grpc.IngestServiceServicer):
         # Each request receives into its own staging directory: part files are named by their position only.
         with envelope_errors({}), self._tasks.staging() as staging:
             receiver = UploadReceiver(
-                staging, self._settings.max_upload_bytes, raw_field="image", raw_filename="upload"
+                staging,
+                self._settings.max_upload_bytes,
+                raw_field="image",
+                raw_filename="upload",
+                parts={"image", "image_url", "user_id"},
             )
             upload, _first = await receive_upload(request_iterator, lambda message: message.body, receiver)
             images = [received for received in upload.files if received.field == "image"]

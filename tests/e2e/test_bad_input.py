@@ -12,6 +12,7 @@ from launcher.instance import PlatformInstance
 from tests import datagen
 from tests.conftest import TEST_MAX_UPLOAD_BYTES, datasets_dir
 from tests.e2e.api import assert_error, prepared, upload, uploaded
+from tests.e2e.segmentation_data import failure
 
 pytestmark = pytest.mark.e2e
 
@@ -44,9 +45,31 @@ def test_bad_uploads_are_refused_and_leave_nothing(
 
 
 def test_upload_without_the_file_field(http: httpx.Client) -> None:
-    assert_error(http.post("/datasets/upload", files={"other": ("x.zip", b"PK")}), 400, '"file"')
+    assert_error(http.post("/datasets/upload", files={"other": ("x.zip", b"PK")}), 400, 'form field "other"')
     assert_error(http.post("/datasets/upload", data={"file": "not a file"}), 400, '"file"')
     assert_error(http.post("/datasets/upload", json={"file": "x"}), 400, "content type")
+
+
+def test_unknown_form_fields_are_refused_by_name(http: httpx.Client) -> None:
+    """As unknown JSON fields are: a misspelt `confidence` must not silently run with the default threshold."""
+    image = ("a.png", datagen.draw_image(32, 32, [], ext="png"), "image/png")
+    detail = assert_error(
+        http.post("/infer/model_20000101_000000", files={"file": image}, data={"confidence": "0.9"}), 400
+    )
+    assert detail == 'Unknown form field "confidence"; this route takes: conf, file, iou'
+    zipped = ("d.zip", datagen.dataset_zip(count=2), "application/zip")
+    before = http.get("/datasets").json()["total"]
+    assert_error(http.post("/datasets/upload", files={"file": zipped}, data={"name": "x"}), 400, '"name"')
+    assert http.get("/datasets").json()["total"] == before
+    payload = failure(http.post("/ingest", files={"image": image}, data={"userid": "u"}), 400, 807)
+    assert payload["detail"].startswith('Unknown form field "userid"')
+    with_latin1 = b'--b\r\nContent-Disposition: form-data; name="user_id"\r\n\r\ncaf\xe9\r\n--b--\r\n'
+    payload = failure(
+        http.post("/ingest", content=with_latin1, headers={"content-type": "multipart/form-data; boundary=b"}),
+        400,
+        807,
+    )
+    assert payload["detail"] == 'Form field "user_id" is not valid UTF-8'
 
 
 def test_upload_over_the_size_limit(http: httpx.Client, platform: PlatformInstance) -> None:

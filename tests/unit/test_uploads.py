@@ -49,8 +49,12 @@ def chunked(data: bytes, size: int) -> Iterator[bytes]:
         yield data[start : start + size]
 
 
+# The form fields the tests' route takes.
+PARTS = {"file", "extra", "description", "tags", "image_url", "user_id", "e"}
+
+
 def receive(directory: Path, content_type: str, body: bytes, chunk: int = 7, max_bytes: int = 10**9) -> ReceivedUpload:
-    receiver = UploadReceiver(directory, max_bytes, raw_field="file", raw_filename="dataset.zip")
+    receiver = UploadReceiver(directory, max_bytes, raw_field="file", raw_filename="dataset.zip", parts=PARTS)
     try:
         receiver.start(content_type)
         for piece in chunked(body, chunk):
@@ -120,7 +124,7 @@ def test_multipart_with_no_body_at_all_is_refused(tmp_path: Path) -> None:
 
 
 def test_multipart_without_boundary_is_refused(tmp_path: Path) -> None:
-    receiver = UploadReceiver(tmp_path, 100, raw_field="file", raw_filename="dataset.zip")
+    receiver = UploadReceiver(tmp_path, 100, raw_field="file", raw_filename="dataset.zip", parts={"file"})
     with pytest.raises(InvalidArgument, match="without a boundary"):
         receiver.start("multipart/form-data")
 
@@ -129,6 +133,22 @@ def test_malformed_multipart_is_refused(tmp_path: Path) -> None:
     body = f"--{BOUNDARY}\r\nno colon in this header line\r\n\r\ndata\r\n".encode() + closing()
     with pytest.raises(InvalidArgument, match="Malformed multipart"):
         receive(tmp_path, MULTIPART, body)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 1000])
+def test_an_unknown_form_field_is_refused_by_name(tmp_path: Path, chunk: int) -> None:
+    body = text_part("confidence", "0.5") + closing()
+    with pytest.raises(InvalidArgument, match='Unknown form field "confidence"; this route takes: description, '):
+        receive(tmp_path, f"multipart/form-data; boundary={BOUNDARY}", body, chunk)
+    with pytest.raises(InvalidArgument, match='Unknown form field "confidence"'):
+        receive(tmp_path, "application/x-www-form-urlencoded", b"user_id=u&confidence=0.5")
+
+
+def test_a_form_field_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="description"\r\n\r\n'.encode()
+    body = head + b"caf\xe9\r\n" + closing()  # Latin-1, not UTF-8
+    with pytest.raises(InvalidArgument, match='Form field "description" is not valid UTF-8'):
+        receive(tmp_path, f"multipart/form-data; boundary={BOUNDARY}", body)
 
 
 def test_overlong_text_field_is_refused(tmp_path: Path) -> None:
@@ -212,7 +232,7 @@ def test_form_urlencoded_body_gives_fields_only(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/json"])
 def test_unsupported_content_type_is_refused(tmp_path: Path, content_type: str) -> None:
-    receiver = UploadReceiver(tmp_path, 100, raw_field="file", raw_filename="dataset.zip")
+    receiver = UploadReceiver(tmp_path, 100, raw_field="file", raw_filename="dataset.zip", parts={"file"})
     with pytest.raises(InvalidArgument, match="Unsupported content type") as caught:
         receiver.start(content_type)
     assert '"file"' in caught.value.detail
@@ -220,7 +240,7 @@ def test_unsupported_content_type_is_refused(tmp_path: Path, content_type: str) 
 
 
 def test_finish_without_start_is_an_empty_body(tmp_path: Path) -> None:
-    receiver = UploadReceiver(tmp_path, 100, raw_field="file", raw_filename="dataset.zip")
+    receiver = UploadReceiver(tmp_path, 100, raw_field="file", raw_filename="dataset.zip", parts={"file"})
     with pytest.raises(InvalidArgument, match="Empty request body"):
         receiver.finish()
 
@@ -233,7 +253,7 @@ def test_limit_is_inclusive(tmp_path: Path) -> None:
 
 
 def test_raw_body_over_the_limit_is_refused_before_it_is_written(tmp_path: Path) -> None:
-    receiver = UploadReceiver(tmp_path, 100, raw_field="file", raw_filename="dataset.zip")
+    receiver = UploadReceiver(tmp_path, 100, raw_field="file", raw_filename="dataset.zip", parts={"file"})
     receiver.start("application/zip")
     receiver.feed(b"x" * 60)
     with pytest.raises(PayloadTooLarge, match="100 bytes limit"):
@@ -256,7 +276,7 @@ def test_multipart_over_the_limit_is_refused(tmp_path: Path, archive: bytes) -> 
     [(1536, "1.5 KiB"), (10 * 1024**2, "10.0 MiB"), (10 * 1024**3, "10.0 GiB"), (5000 * 1024**3, "5000.0 GiB")],
 )
 def test_limit_message_is_human_readable(tmp_path: Path, limit: int, text: str) -> None:
-    receiver = UploadReceiver(tmp_path, limit, raw_field="file", raw_filename="dataset.zip")
+    receiver = UploadReceiver(tmp_path, limit, raw_field="file", raw_filename="dataset.zip", parts={"file"})
     receiver.start("application/octet-stream")
     receiver._received = limit
     with pytest.raises(PayloadTooLarge) as caught:
@@ -266,7 +286,7 @@ def test_limit_message_is_human_readable(tmp_path: Path, limit: int, text: str) 
 
 
 def test_close_closes_a_part_file_left_open_mid_stream(tmp_path: Path) -> None:
-    receiver = UploadReceiver(tmp_path, 10**6, raw_field="file", raw_filename="dataset.zip")
+    receiver = UploadReceiver(tmp_path, 10**6, raw_field="file", raw_filename="dataset.zip", parts={"file"})
     receiver.start(MULTIPART)
     receiver.feed(file_part("file", "a.zip", b"partial data")[:-10])
     handle = receiver._part_file
@@ -305,7 +325,7 @@ def messages(content_type: str, pieces: list[bytes]) -> AsyncIterator[SimpleName
 def test_receive_upload_drains_a_stream_and_returns_the_first_message(tmp_path: Path, archive: bytes) -> None:
     body = file_part("file", "../pets.zip", archive) + closing()
     pieces = [b"", *chunked(body, 7)]  # an empty first message, as some clients send
-    receiver = UploadReceiver(tmp_path, 10**6, raw_field="file", raw_filename="dataset.zip")
+    receiver = UploadReceiver(tmp_path, 10**6, raw_field="file", raw_filename="dataset.zip", parts={"file"})
     upload, first = asyncio.run(receive_upload(messages(MULTIPART, pieces), lambda m: m.body, receiver))
     assert first.body.content_type == MULTIPART
     received = upload.single_file("file")
@@ -313,13 +333,13 @@ def test_receive_upload_drains_a_stream_and_returns_the_first_message(tmp_path: 
 
 
 def test_receive_upload_of_an_empty_stream_is_refused(tmp_path: Path) -> None:
-    receiver = UploadReceiver(tmp_path, 10**6, raw_field="file", raw_filename="dataset.zip")
+    receiver = UploadReceiver(tmp_path, 10**6, raw_field="file", raw_filename="dataset.zip", parts={"file"})
     with pytest.raises(InvalidArgument, match="Empty request body"):
         asyncio.run(receive_upload(messages(MULTIPART, []), lambda m: m.body, receiver))
 
 
 def test_receive_upload_closes_the_receiver_on_error(tmp_path: Path) -> None:
-    receiver = UploadReceiver(tmp_path, 10, raw_field="file", raw_filename="dataset.zip")
+    receiver = UploadReceiver(tmp_path, 10, raw_field="file", raw_filename="dataset.zip", parts={"file"})
     with pytest.raises(PayloadTooLarge):
         asyncio.run(receive_upload(messages("application/zip", [b"12345", b"678901"]), lambda m: m.body, receiver))
     assert receiver._raw is not None and receiver._raw.closed
