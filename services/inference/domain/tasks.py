@@ -1,10 +1,11 @@
-"""Queued inference tasks of the 002 document: POST /api/inference?index=N stores a pending task, workers run
-the tasks oldest first through an injected runner, publish each task's result files with one rename and
-record the outcome.
+"""Queued inference tasks of the 002 document, on the work engine (services.common.work): POST
+/api/inference?index=N queues a work item, the workers of any replica run it through an injected runner,
+publish its result files with one rename and record the outcome.
 
-A committed row is the truth. A task's result directory is published before its row says `completed`; after
-a crash, recover() queues interrupted tasks again (or fails them once they were interrupted max_attempts
-times) and removes every directory no completed task vouches for.
+A committed row is the truth. A task's result directory is published before its row says `completed`; a task
+whose run was cut off (its replica stopped or died) is queued again, up to max_attempts runs in all; at start-up
+recover() removes every directory no completed task vouches for. The document's words (pending, processing)
+are the engine's queued and running.
 """
 
 from __future__ import annotations
@@ -15,25 +16,22 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import structlog
-from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.common.clock import utcnow_precise
 from services.common.downloads import Download, file_chunks
-from services.common.errors import Conflict, InvalidArgument, NotFound, ServiceError, Unavailable
-from services.common.storage.db import paged, transaction
+from services.common.errors import Conflict, InvalidArgument, NotFound
 from services.common.storage.files import discard_leftover, fsync_dir, staging_dir
+from services.common.work import WorkContext, WorkerPool, WorkItem, WorkKind, WorkQueue, WorkStatus
 from services.inference.domain.samples import Sample, SampleSet, natural_key
 from services.inference.storage.files import InferenceFiles
-from services.inference.storage.tables import TaskRow
+from services.inference.storage.tables import WorkItemRow
 
 log = structlog.get_logger(__name__)
 
@@ -55,36 +53,61 @@ CONTENT_TYPES = {
     ".mkv": "video/x-matroska",
     ".m4v": "video/x-m4v",
 }
-# Pause of a worker after an error outside the runner (e.g. the database is unreachable) before it retries.
-RETRY_SECONDS = 1.0
+KIND = "inference_task"
 
 
 class TaskStatus(StrEnum):
+    """The document's words for a task's state."""
+
     PENDING = "pending"
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
 
 
+# The engine's states in the document's words; a task is never stopped or interrupted (it fails instead).
+_DOCUMENT_STATUS = {
+    WorkStatus.QUEUED: TaskStatus.PENDING,
+    WorkStatus.RUNNING: TaskStatus.PROCESSING,
+    WorkStatus.COMPLETED: TaskStatus.COMPLETED,
+    WorkStatus.FAILED: TaskStatus.FAILED,
+    WorkStatus.STOPPED: TaskStatus.FAILED,
+    WorkStatus.INTERRUPTED: TaskStatus.FAILED,
+}
+
+
 @dataclass(frozen=True)
 class TaskRecord:
-    """A snapshot of a task's row: callers never hold SQLAlchemy objects."""
+    """A task as the document describes it."""
 
     task_id: str
     index: int
     sample_name: str
     model_id: str
-    status: str  # a TaskStatus value
+    status: TaskStatus
     attempts: int
     created_at: datetime
-    started_at: datetime | None
+    started_at: datetime | None  # of its first run; None while it waits
     completed_at: datetime | None
     inference_time: float | None  # seconds the runner took
     error_message: str | None
 
     @classmethod
-    def of(cls, row: TaskRow) -> TaskRecord:
-        return cls(**{field.name: getattr(row, field.name) for field in fields(cls)})
+    def of(cls, item: WorkItem) -> TaskRecord:
+        status = _DOCUMENT_STATUS[item.status]
+        return cls(
+            task_id=item.item_id,
+            index=int(item.spec["index"]),
+            sample_name=str(item.spec["sample_name"]),
+            model_id=str(item.spec["model_id"]),
+            status=status,
+            attempts=item.attempts,
+            created_at=item.created_at,
+            started_at=None if status == TaskStatus.PENDING else item.started_at,
+            completed_at=item.finished_at,
+            inference_time=item.result.get("inference_time"),
+            error_message=item.error,
+        )
 
 
 @dataclass(frozen=True)
@@ -107,14 +130,6 @@ class QueueStats:
 TaskRunner = Callable[[TaskRecord, Sample, Path], Awaitable[None]]
 
 
-def _describe(error: Exception) -> str:
-    """A failed task's error_message: a domain error's own words. Anything else is only named by its type: its
-    text may name server paths or addresses (an OSError's file name, a connection's peer); the log has it."""
-    if isinstance(error, ServiceError):
-        return error.detail
-    return f"internal error ({type(error).__name__}); the service log has the details"
-
-
 class TaskQueue:
     def __init__(
         self,
@@ -128,20 +143,14 @@ class TaskQueue:
         max_attempts: int,
         resolve_model: Callable[[], Awaitable[str]],
     ) -> None:
-        self._db = db
         self._files = files
         self._samples = samples
         self._runner = runner
         self._capacity = capacity
-        self._workers = workers
         self._max_attempts = max_attempts
         self._resolve_model = resolve_model
-        self._submit_lock = asyncio.Lock()  # counting the waiting tasks and adding one are a single step
-        self._claim_lock = asyncio.Lock()  # one worker at a time takes the oldest pending task
-        # Released once per task to run; a worker acquires it, then takes the oldest pending task. Extra
-        # releases (a task submitted before run() started counts twice) only make a worker find nothing.
-        self._to_run = asyncio.Semaphore(0)
-        self._running = False
+        self._work = WorkQueue(db, WorkItemRow)
+        self._workers = WorkerPool(self._work, [WorkKind(KIND, self._run_task, workers=workers)])
 
     # -- submitting ----------------------------------------------------------------------------------------
 
@@ -150,42 +159,27 @@ class TaskQueue:
         `capacity` tasks are already waiting; errors of resolve_model (no model to run) pass through."""
         sample = await asyncio.to_thread(self._samples.get, index)
         model_id = await self._resolve_model()
-        async with self._submit_lock:
-            record = await asyncio.to_thread(self._insert_within_capacity, sample, model_id)
-        self._to_run.release()
-        log.info("inference task queued", task_id=record.task_id, index=index, model_id=model_id)
-        return record
-
-    def _insert_within_capacity(self, sample: Sample, model_id: str) -> TaskRecord:
-        with transaction(self._db) as session:
-            waiting = self._count(session, TaskStatus.PENDING)
-            if waiting >= self._capacity:
-                raise Unavailable(f"任务队列已满 (task queue is full: {waiting} tasks waiting); retry later")
-            row = TaskRow(
-                task_id=str(uuid.uuid4()),
-                index=sample.index,
-                sample_name=sample.name,
-                model_id=model_id,
-                status=TaskStatus.PENDING,
-                attempts=0,
-                created_at=utcnow_precise(),  # tasks submitted within one second stay in order
-            )
-            session.add(row)
-            return TaskRecord.of(row)
-
-    @staticmethod
-    def _count(session: Session, status: TaskStatus) -> int:
-        return session.scalar(select(func.count()).select_from(TaskRow).where(TaskRow.status == status)) or 0
+        item = await asyncio.to_thread(
+            self._work.submit,
+            str(uuid.uuid4()),
+            KIND,
+            {"index": sample.index, "sample_name": sample.name, "model_id": model_id},
+            max_attempts=self._max_attempts,
+            capacity=self._capacity,
+            full_message="任务队列已满 (task queue is full: {waiting} tasks waiting); retry later",
+        )
+        self._workers.notify(KIND)
+        log.info("inference task queued", task_id=item.item_id, index=index, model_id=model_id)
+        return TaskRecord.of(item)
 
     # -- reading -------------------------------------------------------------------------------------------
 
     def get(self, task_id: str) -> TaskRecord:
         """NotFound for an unknown ID, including anything that is not a UUID."""
-        with self._db() as session:
-            row = session.get(TaskRow, task_id) if TASK_ID.fullmatch(task_id) else None
-            if row is None:
-                raise NotFound(f"Task {task_id} not found")
-            return TaskRecord.of(row)
+        item = self._work.find(task_id) if TASK_ID.fullmatch(task_id) else None
+        if item is None or item.kind != KIND:
+            raise NotFound(f"Task {task_id} not found")
+        return TaskRecord.of(item)
 
     def list(
         self, page: int | None = None, page_size: int | None = None, status: str = ""
@@ -203,14 +197,9 @@ class TaskQueue:
             raise InvalidArgument(f"page_size must be between 1 and {MAX_PAGE_SIZE} (got {page_size})")
         if status and status not in set(TaskStatus):
             raise InvalidArgument(f"status must be one of {', '.join(TaskStatus)} (got {status!r})")
-        query = select(TaskRow).order_by(TaskRow.created_at.desc(), TaskRow.task_id.desc())
-        count = select(func.count()).select_from(TaskRow)
-        if status:
-            query, count = query.where(TaskRow.status == status), count.where(TaskRow.status == status)
-        with self._db() as session:
-            total = session.scalar(count) or 0
-            rows = session.scalars(paged(query, page, page_size, MAX_PAGE_SIZE))
-            return [TaskRecord.of(row) for row in rows], total, page, page_size
+        statuses = [engine for engine, word in _DOCUMENT_STATUS.items() if word == status] if status else []
+        items, total = self._work.list([KIND], statuses=statuses, page=page, page_size=page_size)
+        return [TaskRecord.of(item) for item in items], total, page, page_size
 
     def result_files(self, task_id: str) -> list[ResultFile]:
         """The images and videos a completed task published, in natural name order; none before it completed.
@@ -250,74 +239,22 @@ class TaskQueue:
         return {path.name: path for path in ordered}
 
     def stats(self) -> QueueStats:
-        with self._db() as session:
-            pending = self._count(session, TaskStatus.PENDING)
-            processing = self._count(session, TaskStatus.PROCESSING)
-        return QueueStats(pending, processing, self._running)
+        pending = self._work.count([KIND], WorkStatus.QUEUED)
+        processing = self._work.count([KIND], WorkStatus.RUNNING)
+        return QueueStats(pending, processing, self._workers.started)
 
     # -- running -------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """The workers, `workers` tasks at once, oldest first, until cancelled (service shutdown). A task the
-        cancellation cuts off stays `processing`: recover() at the next start deals with it."""
-        for _ in range((await asyncio.to_thread(self.stats)).pending):  # those waiting from before a restart
-            self._to_run.release()
-        self._running = True
-        try:
-            async with asyncio.TaskGroup() as group:
-                for number in range(1, self._workers + 1):
-                    group.create_task(self._work(), name=f"inference-task-worker-{number}")
-        finally:
-            self._running = False
+        """The workers, oldest task first, until cancelled (service shutdown): a task the shutdown cuts off is
+        queued again at once (another replica, or this one after its restart, runs it)."""
+        await self._workers.run()
 
-    async def _work(self) -> None:
-        while True:
-            await self._to_run.acquire()
-            try:
-                async with self._claim_lock:
-                    record = await asyncio.to_thread(self._claim_oldest)
-                if record is not None:
-                    await self._process(record)
-            except Exception:  # bookkeeping errors (database down) must not stop the queue
-                log.exception("inference task queue error; retrying")
-                await asyncio.sleep(RETRY_SECONDS)
-                self._to_run.release()  # the task it was about to take may still be pending
-
-    def _claim_oldest(self) -> TaskRecord | None:
-        with transaction(self._db) as session:
-            row = session.scalars(
-                select(TaskRow)
-                .where(TaskRow.status == TaskStatus.PENDING)
-                .order_by(TaskRow.created_at, TaskRow.task_id)
-                .limit(1)
-            ).first()
-            if row is None:
-                return None
-            row.status, row.attempts, row.started_at = TaskStatus.PROCESSING, row.attempts + 1, utcnow_precise()
-            return TaskRecord.of(row)
-
-    async def _process(self, record: TaskRecord) -> None:
-        with structlog.contextvars.bound_contextvars(task_id=record.task_id):
-            log.info("inference task started", index=record.index, model_id=record.model_id, attempt=record.attempts)
-            try:
-                inference_time = await self._run_into_results(record)
-            except Exception as error:  # whatever the runner raises fails its task only
-                if isinstance(error, ServiceError):
-                    log.warning("inference task failed", error=error.detail)
-                else:
-                    log.exception("inference task failed")
-                await asyncio.to_thread(
-                    self._finish, record.task_id, status=TaskStatus.FAILED, error_message=_describe(error)
-                )
-                return
-            await asyncio.to_thread(
-                self._finish, record.task_id, status=TaskStatus.COMPLETED, inference_time=inference_time
-            )
-            log.info("inference task completed", inference_time=inference_time)
-
-    async def _run_into_results(self, record: TaskRecord) -> float:
-        """Run the runner into a staging directory and publish it as the task's result directory; returns
-        the runner's wall time in seconds. The staging directory goes whatever happens."""
+    async def _run_task(self, item: WorkItem, context: WorkContext) -> dict[str, float]:
+        """Run the runner into a staging directory and publish it as the task's result directory; the result
+        is the runner's wall time in seconds. The staging directory goes whatever happens."""
+        record = TaskRecord.of(item)
+        log.info("inference task started", index=record.index, model_id=record.model_id, attempt=record.attempts)
         sample = await asyncio.to_thread(self._samples.get, record.index)
         if sample.name != record.sample_name:
             raise Conflict(
@@ -329,36 +266,22 @@ class TaskQueue:
             await self._runner(record, sample, staging)
             inference_time = round(time.monotonic() - started, 3)
             await asyncio.to_thread(self._publish, staging, record.task_id)
-        return inference_time
+        log.info("inference task completed", inference_time=inference_time)
+        return {"inference_time": inference_time}
 
     def _publish(self, staging: Path, task_id: str) -> None:
         os.rename(staging, self._files.task_dir(task_id))
         fsync_dir(self._files.tasks_root)
 
-    def _finish(self, task_id: str, **changes: Any) -> None:
-        with transaction(self._db) as session:
-            session.execute(
-                update(TaskRow).where(TaskRow.task_id == task_id).values(completed_at=utcnow_precise(), **changes)
-            )
-
     # -- start-up ------------------------------------------------------------------------------------------
 
     def recover(self) -> None:
-        """At start-up, before run(): tasks a crash cut off are queued again, or failed once they were
-        interrupted max_attempts times (a task that brings the service down must not do so forever); staging
-        leftovers and result directories without a completed task are removed. Pending tasks need nothing:
-        run() takes them, oldest first."""
-        with transaction(self._db) as session:
-            interrupted = session.scalars(select(TaskRow).where(TaskRow.status == TaskStatus.PROCESSING)).all()
-            for row in interrupted:
-                if row.attempts < self._max_attempts:
-                    row.status, row.started_at = TaskStatus.PENDING, None
-                    log.warning("inference task interrupted; queued again", task_id=row.task_id, attempts=row.attempts)
-                else:
-                    row.status, row.completed_at = TaskStatus.FAILED, utcnow_precise()
-                    row.error_message = f"interrupted {row.attempts} times (the service stopped while it ran)"
-                    log.warning("inference task interrupted too often; failed", task_id=row.task_id)
-            completed = set(session.scalars(select(TaskRow.task_id).where(TaskRow.status == TaskStatus.COMPLETED)))
+        """At start-up, before run(): staging leftovers and result directories without a completed task are
+        removed. (Tasks a crash cut off are the work engine's: run() queues them again, or fails them once they
+        were cut off max_attempts times, so that a task that brings the service down does not do so forever.)"""
+        completed = {
+            item.item_id for item in self._work.list([KIND], statuses=[WorkStatus.COMPLETED])[0]
+        }
         root = self._files.tasks_root
         # Staging and trash leftovers are never task IDs, so they go too.
         for entry in root.iterdir() if root.is_dir() else ():

@@ -6,10 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import DateTime, Float, Integer, MetaData, String, Text
+from sqlalchemy import DateTime, Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.storage.db import NAMING_CONVENTION
+from services.common.work import WorkItemColumns
 
 # Arguments of services.common.storage.db.migrate for this service's schema.
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -20,26 +21,11 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class TaskRow(Base):
-    """A queued inference task of the 002 document (POST /api/inference?index=N)."""
+class WorkItemRow(WorkItemColumns, Base):
+    """The service's work items (services.common.work): the queued inference tasks of the 002 document
+    (kind inference_task; spec: index, sample_name, model_id; result: inference_time)."""
 
-    __tablename__ = "inference_tasks"
-
-    task_id: Mapped[str] = mapped_column(String(36), primary_key=True)  # a UUID4, canonical text form
-    index: Mapped[int] = mapped_column(Integer)  # the 1-based sample index the caller asked for
-    # The sample's entry name when the task was submitted: the worker refuses to run another sample should
-    # the sample set change meanwhile.
-    sample_name: Mapped[str] = mapped_column(String(255))
-    model_id: Mapped[str] = mapped_column(String(64))
-    # pending | processing | completed | failed
-    status: Mapped[str] = mapped_column(String(16), index=True)
-    # Runs started; a task a crash interrupted max_attempts times is failed instead of run again.
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    completed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    inference_time: Mapped[float | None] = mapped_column(Float, nullable=True)  # seconds the runner took
-    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    __tablename__ = "inference_work_items"
 
 
 class SessionRow(Base):
