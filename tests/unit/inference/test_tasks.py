@@ -9,10 +9,13 @@ import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 from sqlalchemy.orm import Session, sessionmaker
@@ -130,6 +133,38 @@ def test_the_migration_creates_exactly_the_tables_of_the_metadata(engine: Engine
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
         assert compare_metadata(context, Base.metadata) == []
+
+
+def test_tasks_stored_before_the_work_engine_are_kept(
+    tmp_path: Path, files: InferenceFiles, samples: SampleSet
+) -> None:
+    """Migration 0002 moves the rows of inference_tasks into the work items, in the engine's words."""
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'old.sqlite3'}")
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes.update(connection=connection, metadata=Base.metadata, version_table=VERSION_TABLE)
+        command.upgrade(config, "0001")
+        moment = datetime(2026, 1, 22, 13, 30)
+        columns = 'task_id, "index", sample_name, model_id, status, attempts, created_at, completed_at, '
+        columns += "inference_time, error_message"
+        for task_id, status, attempts, seconds, error in (
+            ("00000000-0000-4000-8000-000000000001", "completed", 1, 32.5, None),
+            ("00000000-0000-4000-8000-000000000002", "processing", 1, None, None),
+            ("00000000-0000-4000-8000-000000000003", "failed", 1, None, "The video has no frames"),
+        ):
+            connection.exec_driver_sql(
+                f"INSERT INTO inference_tasks ({columns}) VALUES (?, 2, '2.mp4', 'model_v1', ?, ?, ?, ?, ?, ?)",
+                (task_id, status, attempts, moment, moment if status != "processing" else None, seconds, error),
+            )
+    migrate(engine, MIGRATIONS, Base.metadata, VERSION_TABLE)
+    queue = make_queue(session_factory(engine), files, samples)
+    done, cut_off, failed = (queue.get(f"00000000-0000-4000-8000-00000000000{n}") for n in (1, 2, 3))
+    assert (done.status, done.inference_time, done.index, done.sample_name) == ("completed", 32.5, 2, "2.mp4")
+    assert (cut_off.status, cut_off.attempts) == ("pending", 1)  # runs again, as the old recovery did
+    assert (failed.status, failed.error_message) == ("failed", "The video has no frames")
+    assert queue.list()[1] == 3
+    engine.dispose()
 
 
 # -- submitting -------------------------------------------------------------------------------------------
