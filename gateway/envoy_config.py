@@ -57,8 +57,8 @@ def api_services(descriptor_set: Path) -> list[str]:
 def upstreams(settings: GatewaySettings) -> dict[str, Upstream]:
     found = {GATEWAY_CLUSTER: Upstream(GATEWAY_CLUSTER, settings.grpc_host, settings.grpc_port)}
     for service in MESH_SERVICES:
-        service_settings = service.settings()
-        found[service.name] = Upstream(service.name, service_settings.grpc_host, service_settings.grpc_port)
+        address = service.address()
+        found[service.name] = Upstream(service.name, address.grpc_host, address.grpc_port)
     return found
 
 

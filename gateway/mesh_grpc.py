@@ -44,7 +44,7 @@ class MeshHealth(health_pb2_grpc.HealthServicer):
     def __init__(self, api: list[str]) -> None:
         self._api = set(api)
         self._stubs = {
-            service.name: health_pb2_grpc.HealthStub(grpc.aio.insecure_channel(service.settings().grpc_address))
+            service.name: health_pb2_grpc.HealthStub(grpc.aio.insecure_channel(service.address().grpc_address))
             for service in MESH_SERVICES
         }
 

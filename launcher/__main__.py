@@ -53,7 +53,7 @@ def components(gateway: GatewaySettings, launcher: LauncherSettings) -> list[Com
     # Triton first: the services that serve models need it from their start.
     found = [triton_component(triton)] if triton.managed else []
     found += [
-        Component(service.name, [python, "-m", service.module], grpc_healthy(service.settings().grpc_address))
+        Component(service.name, [python, "-m", service.module], grpc_healthy(service.address().grpc_address))
         for service in MESH_SERVICES
     ]
     found.append(Component("gateway", [python, "-m", "gateway", "serve"], grpc_healthy(gateway.grpc_address)))
@@ -87,7 +87,7 @@ def banner(gateway: GatewaySettings) -> str:
     started = metrics if triton.managed else "   (not started here: VM_TRITON_MANAGED=false)"
     lines.append(f"  {'triton':<14} grpc://{triton.grpc_address}{started}")
     for service in MESH_SERVICES:
-        lines.append(f"  {service.name:<14} grpc://{service.settings().grpc_address}")
+        lines.append(f"  {service.name:<14} grpc://{service.address().grpc_address}")
     lines += [f"  data root      {gateway.data_root}", "  Ctrl-C stops everything."]
     return "\n".join(lines)
 

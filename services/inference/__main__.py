@@ -26,7 +26,7 @@ from services.inference.settings import InferenceSettings
 from services.inference.storage.files import InferenceFiles
 from services.inference.storage.sessions import SessionStore
 from services.inference.storage.tables import MIGRATIONS, VERSION_TABLE, Base
-from services.training.settings import TrainingSettings
+from services.registry import address_of
 
 log = structlog.get_logger("inference")
 
@@ -47,7 +47,7 @@ async def main(settings: InferenceSettings) -> None:
     migrate(engine, MIGRATIONS, Base.metadata, version_table=VERSION_TABLE)
     db = session_factory(engine)
     files = InferenceFiles(settings.data_root)
-    catalog = ModelCatalog(TrainingSettings().grpc_address, export_wait_seconds=settings.export_wait_seconds)
+    catalog = ModelCatalog(address_of("training").grpc_address, export_wait_seconds=settings.export_wait_seconds)
     triton = TritonLink(TritonSettings())
     detection = DetectionEngine(
         catalog, triton, Thresholds(settings.default_conf, settings.default_iou), settings.max_image_pixels

@@ -13,7 +13,7 @@ from services.common.image_urls import fetch_policy
 from services.common.storage.db import create_db_engine, database_probe, migrate, session_factory
 from services.common.triton.link import TritonLink
 from services.common.triton.settings import TritonSettings
-from services.ocr.settings import OcrSettings
+from services.registry import address_of
 from services.segmentation.clients import GrpcTextReader
 from services.segmentation.domain.builtin_start import BuiltinClassifierStart
 from services.segmentation.domain.classification import ComponentClassifier
@@ -63,7 +63,7 @@ async def main(settings: SegmentationSettings) -> None:
     await asyncio.to_thread(files.prepare)
     triton_settings = TritonSettings()
     triton = TritonLink(triton_settings)
-    text_reader = GrpcTextReader(OcrSettings().grpc_address, settings.grpc_max_message_bytes)
+    text_reader = GrpcTextReader(address_of("ocr").grpc_address, settings.grpc_max_message_bytes)
     policy = fetch_policy(settings)
     segmenters = await asyncio.to_thread(build_segmenters, settings)
 

@@ -13,8 +13,7 @@ from services.common.archives import ZipLimits
 from services.common.grpc_server import run_service, serve
 from services.common.storage.db import create_db_engine, database_probe, migrate, session_factory
 from services.common.triton.settings import TritonSettings
-from services.dataset.settings import DatasetSettings
-from services.inference.settings import InferenceSettings
+from services.registry import address_of
 from services.training.clients import GrpcDatasetSource, GrpcServingControl
 from services.training.domain.jobs import JobLimits, JobManager
 from services.training.domain.models import ModelRegistry, ServingExporter
@@ -39,8 +38,8 @@ async def main(settings: TrainingSettings) -> None:
     models = ModelRegistry(db, files, TritonSettings(), zip_limits, worker_env)
     await asyncio.to_thread(models.recover)
     exporter = ServingExporter(models)
-    datasets = GrpcDatasetSource(DatasetSettings().grpc_address, zip_limits)
-    serving = GrpcServingControl(InferenceSettings().grpc_address)
+    datasets = GrpcDatasetSource(address_of("dataset").grpc_address, zip_limits)
+    serving = GrpcServingControl(address_of("inference").grpc_address)
     # One core stays for the rest of the mesh: oversubscribed torch threads slow an epoch down many times over.
     threads = settings.worker_threads_per_job or max(1, (os.cpu_count() or 1) // settings.max_concurrent_jobs - 1)
     jobs = JobManager(
