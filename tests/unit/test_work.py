@@ -20,6 +20,7 @@ from sqlalchemy.orm import DeclarativeBase, sessionmaker
 from services.common.errors import Conflict, InvalidArgument
 from services.common.storage.db import NAMING_CONVENTION, create_db_engine, session_factory
 from services.common.work import (
+    Failed,
     QueueFull,
     Retry,
     Stopped,
@@ -92,7 +93,7 @@ def test_outcomes_are_recorded_only_while_the_lease_is_held(db: sessionmaker) ->
     assert a.claim(["k"], 0.05) is not None
     assert a.report("x", {"step": 1}) and a.renew("x", 0.05) is not None
     time.sleep(0.1)
-    [rescued] = b.rescue()
+    [rescued] = b.rescue(["k"])
     assert rescued.status == WorkStatus.QUEUED and rescued.errors == ["interrupted"]
     assert b.claim(["k"], 30).attempts == 2
     # The first replica lost the item: nothing it writes counts any more.
@@ -124,7 +125,7 @@ def test_a_dead_process_of_this_host_is_rescued_before_its_lease_expires(db: ses
     alive.submit("of-a-live-process", "k", {})
     assert gone.claim(["k"], 600).item_id == "of-a-dead-process"
     assert alive.claim(["k"], 600).item_id == "of-a-live-process"
-    assert [item.item_id for item in here.rescue()] == ["of-a-dead-process"]
+    assert [item.item_id for item in here.rescue(["k"])] == ["of-a-dead-process"]
 
 
 def test_kinds_that_wait_for_a_resume_are_interrupted(db: sessionmaker) -> None:
@@ -132,7 +133,7 @@ def test_kinds_that_wait_for_a_resume_are_interrupted(db: sessionmaker) -> None:
     a.submit("job", "training", {"epochs": 3})
     a.claim(["training"], 0.01)
     time.sleep(0.05)
-    [interrupted] = b.rescue(interrupt_kinds={"training"}, reason="the service died")
+    [interrupted] = b.rescue(["training"], interrupt_kinds={"training"}, reason="the service died")
     assert interrupted.status == WorkStatus.INTERRUPTED and interrupted.errors == ["the service died"]
     resumed = b.resume("job", spec={"epochs": 3, "resume": True})
     assert resumed.status == WorkStatus.QUEUED and resumed.attempts == 0 and resumed.spec["resume"] is True
@@ -202,16 +203,20 @@ def test_handlers_outcomes(db: sessionmaker) -> None:
                 raise Stopped({"kept": "best.pt"})
             case "retry":
                 raise Retry("Triton is restarting")
+            case "fail":
+                raise Failed("bad prompt format", {"err": 806})
         raise AssertionError(item.spec)
 
     async def scenario() -> None:
         pool = WorkerPool(queue, [WorkKind("k", handle, workers=2)], poll_seconds=0.05)
         runner = asyncio.create_task(pool.run())
-        for do in ("complete", "refuse", "crash", "stop"):
+        for do in ("complete", "refuse", "crash", "stop", "fail"):
             queue.submit(do, "k", {"do": do})
         queue.submit("retry", "k", {"do": "retry"}, max_attempts=2)
         pool.notify("k")
-        await _until(lambda: all(queue.get(i).finished for i in ("complete", "refuse", "crash", "stop", "retry")))
+        assert (await pool.wait_finished("complete", 10)).status == WorkStatus.COMPLETED
+        assert await pool.wait_finished("no-such-item", 1) is None
+        await _until(lambda: all(queue.get(i).finished for i in ("refuse", "crash", "stop", "retry", "fail")))
         runner.cancel()
         with pytest.raises(asyncio.CancelledError):
             await runner
@@ -224,6 +229,8 @@ def test_handlers_outcomes(db: sessionmaker) -> None:
     crashed = queue.get("crash")
     assert crashed.status == WorkStatus.FAILED and "OSError" in crashed.error and "/srv" not in crashed.error
     assert queue.get("stop").status == WorkStatus.STOPPED and queue.get("stop").result == {"kept": "best.pt"}
+    failed = queue.get("fail")
+    assert (failed.status, failed.error, failed.result) == (WorkStatus.FAILED, "bad prompt format", {"err": 806})
     retried = queue.get("retry")
     assert retried.status == WorkStatus.FAILED and retried.attempts == 2 and len(retried.errors) == 2
 

@@ -4,10 +4,11 @@ delete, and bounded queues (items.py: the rows; queue.py: every change of a row;
 
 from services.common.work.items import FINISHED, WorkItem, WorkItemColumns, WorkStatus
 from services.common.work.queue import QueueFull, WorkQueue, replica_name
-from services.common.work.workers import Retry, Stopped, WorkContext, WorkerPool, WorkKind, describe_failure
+from services.common.work.workers import Failed, Retry, Stopped, WorkContext, WorkerPool, WorkKind, describe_failure
 
 __all__ = [
     "FINISHED",
+    "Failed",
     "QueueFull",
     "Retry",
     "Stopped",

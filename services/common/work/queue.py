@@ -331,15 +331,19 @@ class WorkQueue:
 
     # -- rescue ----------------------------------------------------------------------------------------------
 
-    def rescue(self, interrupt_kinds: Collection[str] = (), reason: str = "interrupted") -> list[WorkItem]:
-        """Running items whose replica is gone: their lease expired, or they were leased by a process of this
-        host that has ended. Queued again while attempts remain (else failed); items of `interrupt_kinds` are
-        marked interrupted instead (they wait for an explicit resume)."""
+    def rescue(
+        self, kinds: Collection[str], interrupt_kinds: Collection[str] = (), reason: str = "interrupted"
+    ) -> list[WorkItem]:
+        """Running items of the kinds whose replica is gone: their lease expired, or they were leased by a
+        process of this host that has ended. Queued again while attempts remain (else failed); items of
+        `interrupt_kinds` are marked interrupted instead (they wait for an explicit resume)."""
         row = self._row
         now = utcnow_precise()
         rescued = []
         with transaction(self._db) as session:
-            query = select(row).where(row.status == WorkStatus.RUNNING, row.lease_owner != self.replica)
+            query = select(row).where(
+                row.status == WorkStatus.RUNNING, row.kind.in_(kinds), row.lease_owner != self.replica
+            )
             if self._postgres:
                 query = query.with_for_update(skip_locked=True)
             for found in session.scalars(query):

@@ -41,6 +41,16 @@ class Stopped(Exception):
         self.result = result or {}
 
 
+class Failed(Exception):
+    """Raised by a handler to fail its item with a reason of its own and a result (e.g. a document's error
+    code), where the default description of an exception would not do."""
+
+    def __init__(self, reason: str, result: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.result = result or {}
+
+
 class Retry(Exception):
     """Raised by a handler whose attempt could not finish for a passing reason: the item is queued again."""
 
@@ -108,6 +118,7 @@ class WorkerPool:
         self._poll = poll_seconds
         self._wake = {kind.name: asyncio.Event() for kind in kinds}
         self._running: dict[str, _Running] = {}
+        self._ended: dict[str, asyncio.Event] = {}  # items someone waits for, set when they end here
         self.started = False
 
     @property
@@ -129,19 +140,28 @@ class WorkerPool:
             self._ask_to_stop(running)
         return item
 
-    async def wait_finished(self, item_id: str) -> None:
-        """Until an item running in this replica has ended (immediately if it is not running here)."""
-        running = self._running.get(item_id)
-        if running is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(running.task)
+    async def wait_finished(self, item_id: str, seconds: float) -> WorkItem | None:
+        """The item once it has finished, or as it is after `seconds`; None for an unknown item. An item that
+        ends in this replica is seen at once; one that runs elsewhere, at the next look (every poll interval)."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        event = self._ended.setdefault(item_id, asyncio.Event())
+        try:
+            while True:
+                item = await asyncio.to_thread(self._queue.find, item_id)
+                remaining = deadline - asyncio.get_running_loop().time()
+                if item is None or item.finished or remaining <= 0:
+                    return item
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(remaining, self._poll))
+        finally:
+            self._ended.pop(item_id, None)
 
     # -- running ---------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Every kind's workers and the rescue loop, until cancelled (service shut-down)."""
         interrupt_kinds = {kind.name for kind in self._kinds.values() if kind.interrupt_when_cut_off}
-        await asyncio.to_thread(self._queue.rescue, interrupt_kinds, _CUT_OFF)  # from before a restart
+        await asyncio.to_thread(self._queue.rescue, self._kinds, interrupt_kinds, _CUT_OFF)  # from before a restart
         self.started = True
         try:
             async with asyncio.TaskGroup() as group:
@@ -156,7 +176,7 @@ class WorkerPool:
         while True:
             await asyncio.sleep(self._lease / 3)
             try:
-                for item in await asyncio.to_thread(self._queue.rescue, interrupt_kinds, _CUT_OFF):
+                for item in await asyncio.to_thread(self._queue.rescue, self._kinds, interrupt_kinds, _CUT_OFF):
                     log.warning("work item of a lost replica rescued", item_id=item.item_id, status=item.status)
             except Exception:  # the database may be away for a while; try again later
                 log.exception("rescue of lost work items failed")
@@ -217,32 +237,36 @@ class WorkerPool:
                     log.warning("work item outcome not recorded: its lease was lost", status=status)
                 else:
                     log.info("work item finished", status=status, error=fields.get("error"))
+            if (ended := self._ended.get(item.item_id)) is not None:
+                ended.set()
 
     async def _outcome(self, kind: WorkKind, running: _Running) -> tuple[WorkStatus, dict[str, Any]] | None:
         """How the handler's run ended; None when nothing is to be recorded (lease lost, or queued again)."""
-        item_id = running.context.item.item_id
+        outcome: tuple[WorkStatus, dict[str, Any]] | None = None
         try:
-            result = await running.task
+            outcome = WorkStatus.COMPLETED, {"result": await running.task or {}}
         except Stopped as stopped:
-            return WorkStatus.STOPPED, {"result": stopped.result}
+            outcome = WorkStatus.STOPPED, {"result": stopped.result}
+        except Failed as failed:
+            log.warning("work item failed", error=failed.reason)
+            outcome = WorkStatus.FAILED, {"error": failed.reason, "result": failed.result}
         except Retry as retry:
-            await asyncio.to_thread(self._queue.retry_later, item_id, retry.reason)
+            await asyncio.to_thread(self._queue.retry_later, running.context.item.item_id, retry.reason)
             log.warning("work item queued again", reason=retry.reason)
-            return None
         except asyncio.CancelledError:
             if running.lease_lost:
                 log.warning("work item abandoned: another replica holds its lease now")
-                return None
-            if running.context.stop_requested.is_set() and not asyncio.current_task().cancelling():
-                return WorkStatus.STOPPED, {}
-            raise
+            elif running.context.stop_requested.is_set() and not asyncio.current_task().cancelling():
+                outcome = WorkStatus.STOPPED, {}
+            else:
+                raise
         except Exception as error:
             if isinstance(error, ServiceError):
                 log.warning("work item failed", error=error.detail)
             else:
                 log.exception("work item failed")
-            return WorkStatus.FAILED, {"error": kind.describe(error)}
-        return WorkStatus.COMPLETED, {"result": result or {}}
+            outcome = WorkStatus.FAILED, {"error": kind.describe(error)}
+        return outcome
 
     def _cut_off(self, kind: WorkKind, item: WorkItem) -> None:
         """This replica stops while the item runs: hand it back now (synchronously: the caller is being

@@ -1,14 +1,14 @@
-"""Ingest tasks (POST /ingest): a screenshot in, its components out, as a task that survives restarts.
+"""Ingest tasks (POST /ingest): a screenshot in, its components out, as work items of the work engine
+(services.common.work), so that a task survives restarts and any replica may run it.
 
 The row is the truth: a task is 300 until its result file is written and the row says 200 (or 400 with its
-err). Workers take tasks from an in-memory queue that start-up refills from the rows still at 300, so a task a
-crash interrupted runs again (at most `max_attempts` times in all, then it fails with 808).
+err). A task a crash or a shut-down cut off runs again (at most `max_attempts` times in all, then it fails with
+808). The document's task_status is the engine's state: queued or running 300, completed 200, failed 400.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import mimetypes
 import re
@@ -22,27 +22,27 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.common.clock import utcnow
 from services.common.downloads import Download, file_chunks
 from services.common.envelope import EnvelopeError, Err, TaskStatus, as_envelope_error
 from services.common.errors import InvalidArgument, NotFound
 from services.common.image_urls import LoadedImage, load_image
 from services.common.images import read_header
-from services.common.storage.db import transaction
 from services.common.storage.files import atomic_write_text, staging_dir
+from services.common.work import Failed, WorkContext, WorkerPool, WorkItem, WorkKind, WorkQueue, WorkStatus
 from services.segmentation.domain.service import PageAnalysis
 from services.segmentation.domain.tree import NamedComponent, TreeNode
 from services.segmentation.storage.files import SegmentationFiles
-from services.segmentation.storage.tables import IngestTaskRow
+from services.segmentation.storage.tables import WorkItemRow
 
 log = structlog.get_logger("segmentation.ingest")
 
 _IMAGE_SUFFIXES = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tiff"}
 _UPLOAD_NAME = re.compile(r"^ingest_[0-9a-f-]{36}\.[a-z]{3,4}$")
 DOCUMENT_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # the document's created_at / finished_at
+KIND = "ingest"
+_TASK_STATUS = {WorkStatus.COMPLETED: TaskStatus.DONE, WorkStatus.FAILED: TaskStatus.FAILED}
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,24 @@ class IngestState:
     err: int | None
     detail: str | None
     result: dict[str, Any] | None  # components_map, components_tree, page_meta (the document's JSON)
+
+    @classmethod
+    def of(cls, item: WorkItem, result: dict[str, Any] | None) -> IngestState:
+        status = _TASK_STATUS.get(item.status, TaskStatus.RUNNING)
+        failed = status == TaskStatus.FAILED
+        return cls(
+            task_id=item.item_id,
+            user_id=item.owner or "anonymous",
+            task_status=int(status),
+            created_at=item.created_at,
+            finished_at=item.finished_at if status != TaskStatus.RUNNING else None,
+            segmenter=item.spec["segmenter"],
+            upload_name=item.spec.get("upload_name"),
+            # A task whose attempts ran out has no err of its own: 808, unknown error.
+            err=int(item.result.get("err", Err.UNKNOWN_ERROR)) if failed else None,
+            detail=item.error if failed else None,
+            result=result,
+        )
 
 
 def _component_json(component: NamedComponent) -> dict[str, Any]:
@@ -100,16 +118,14 @@ class IngestTasks:
         max_attempts: int,
         max_image_pixels: int,
     ) -> None:
-        self._db = db
         self._files = files
         self._analyse = analyse
         self._load_url = load_url
         self._segmenter = segmenter
-        self._workers = workers
         self._max_attempts = max_attempts
         self._max_pixels = max_image_pixels
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
-        self._finished: dict[str, asyncio.Event] = {}
+        self._work = WorkQueue(db, WorkItemRow)
+        self._workers = WorkerPool(self._work, [WorkKind(KIND, self._run_task, workers=workers)])
 
     # ---- submitting and reading ----
 
@@ -136,51 +152,38 @@ class IngestTasks:
             raise EnvelopeError(Err.INVALID_PARAMETER, "Send an image (multipart field `image`) or an `image_url`")
         task_id = f"ingest_{uuid.uuid4()}"
         upload_name = await asyncio.to_thread(self._store_upload, task_id, upload) if upload else None
-        row = IngestTaskRow(
-            task_id=task_id,
-            user_id=user_id or "anonymous",
-            task_status=int(TaskStatus.RUNNING),
-            upload_name=upload_name,
-            image_url=None if upload_name else image_url.strip(),
-            segmenter=self._segmenter,
-            attempts=0,
-            created_at=utcnow(),
+        spec = {
+            "upload_name": upload_name,
+            "image_url": None if upload_name else image_url.strip(),
+            "segmenter": self._segmenter,
+        }
+        await asyncio.to_thread(
+            self._work.submit, task_id, KIND, spec, owner=user_id or "anonymous", max_attempts=self._max_attempts
         )
-        await asyncio.to_thread(self._insert, row)
-        self._finished[task_id] = asyncio.Event()
-        await self._queue.put(task_id)
-        log.info("ingest task created", task_id=task_id, upload=upload_name, image_url=row.image_url)
+        self._workers.notify(KIND)
+        log.info("ingest task created", task_id=task_id, upload=upload_name, image_url=spec["image_url"])
         return task_id
 
-    def _insert(self, row: IngestTaskRow) -> None:
-        with transaction(self._db) as session:
-            session.add(row)
+    def _item(self, task_id: str) -> WorkItem:
+        item = self._work.find(task_id)
+        if item is None or item.kind != KIND:
+            raise EnvelopeError(Err.UNKNOWN_TASK, f"No ingest task {task_id!r}")
+        return item
 
-    def _row(self, task_id: str) -> IngestTaskRow:
-        with self._db() as session:
-            row = session.get(IngestTaskRow, task_id)
-            if row is None:
-                raise EnvelopeError(Err.UNKNOWN_TASK, f"No ingest task {task_id!r}")
-            session.expunge(row)
-            return row
+    def _state_of(self, item: WorkItem) -> IngestState:
+        result = None
+        if item.status == WorkStatus.COMPLETED:
+            result = json.loads(self._files.result_file(item.item_id).read_text())
+        return IngestState.of(item, result)
 
     def state(self, task_id: str) -> IngestState:
-        row = self._row(task_id)
-        result = None
-        if row.task_status == TaskStatus.DONE:
-            result = json.loads(self._files.result_file(task_id).read_text())
-        return IngestState(
-            row.task_id, row.user_id, row.task_status, row.created_at, row.finished_at, row.segmenter,
-            row.upload_name, row.err, row.detail, result,
-        )  # fmt: skip
+        return self._state_of(self._item(task_id))
 
     async def wait(self, task_id: str, seconds: float) -> IngestState:
         """The task's state once finished, or after `seconds` (still 300 then)."""
-        event = self._finished.get(task_id)
-        if event is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), seconds)
-        return await asyncio.to_thread(self.state, task_id)
+        await asyncio.to_thread(self._item, task_id)  # 803 for an unknown task
+        item = await self._workers.wait_finished(task_id, seconds)
+        return await asyncio.to_thread(self._state_of, item or self._item(task_id))
 
     def open_upload(self, filename: str) -> Download:
         """An uploaded image for GET /uploads/{filename}: only names this service gave, inside uploads/."""
@@ -196,82 +199,28 @@ class IngestTasks:
 
     # ---- running ----
 
-    def recover(self) -> list[str]:
-        """Tasks a previous process left at 300, oldest first: queued again by run()."""
-        with self._db() as session:
-            pending = session.scalars(
-                select(IngestTaskRow.task_id)
-                .where(IngestTaskRow.task_status == int(TaskStatus.RUNNING))
-                .order_by(IngestTaskRow.created_at)
-            ).all()
-        return list(pending)
-
     async def run(self) -> None:
-        for task_id in await asyncio.to_thread(self.recover):
-            self._finished.setdefault(task_id, asyncio.Event())
-            await self._queue.put(task_id)
-        await asyncio.gather(*(self._work() for _ in range(self._workers)))
+        """The workers, until cancelled (service shut-down): a task the shut-down cuts off is queued again."""
+        await self._workers.run()
 
-    async def _work(self) -> None:
-        while True:
-            task_id = await self._queue.get()
-            try:
-                await self._process(task_id)
-            finally:
-                self._queue.task_done()
-                event = self._finished.pop(task_id, None)
-                if event is not None:
-                    event.set()
-
-    def _start_attempt(self, task_id: str) -> IngestTaskRow | None:
-        with transaction(self._db) as session:
-            row = session.get(IngestTaskRow, task_id)
-            if row is None or row.task_status != TaskStatus.RUNNING:
-                return None
-            row.attempts += 1
-            session.flush()
-            session.expunge(row)
-            return row
-
-    async def _process(self, task_id: str) -> None:
-        row = await asyncio.to_thread(self._start_attempt, task_id)
-        if row is None:
-            return
-        structlog.contextvars.bind_contextvars(task_id=task_id)
+    async def _run_task(self, item: WorkItem, context: WorkContext) -> dict[str, Any]:
         try:
-            if row.attempts > self._max_attempts:
-                detail = f"interrupted {row.attempts - 1} times; not run again"
-                raise EnvelopeError(Err.UNKNOWN_ERROR, detail)
-            image = await self._image(row)
+            image = await self._image(item)
             analysis = await self._analyse(image)
             document = result_json(analysis)
             await asyncio.to_thread(
-                atomic_write_text, self._files.result_file(task_id), json.dumps(document, ensure_ascii=False)
+                atomic_write_text, self._files.result_file(item.item_id), json.dumps(document, ensure_ascii=False)
             )
-            await asyncio.to_thread(self._finish, task_id, TaskStatus.DONE, None, None)
-            log.info("ingest task done", components=len(analysis.schema.components), segmenter=analysis.segmenter)
-        except asyncio.CancelledError:
-            raise
         except Exception as error:
             failure = as_envelope_error(error)
             if failure.err == Err.UNKNOWN_ERROR and not isinstance(error, EnvelopeError):
                 log.exception("ingest task crashed")
-            await asyncio.to_thread(self._finish, task_id, TaskStatus.FAILED, int(failure.err), failure.detail)
-            log.warning("ingest task failed", err=int(failure.err), detail=failure.detail)
-        finally:
-            structlog.contextvars.unbind_contextvars("task_id")
+            raise Failed(failure.detail, {"err": int(failure.err)}) from error
+        log.info("ingest task done", components=len(analysis.schema.components), segmenter=analysis.segmenter)
+        return {"components": len(analysis.schema.components)}
 
-    async def _image(self, row: IngestTaskRow) -> LoadedImage:
-        if row.upload_name:
-            data = await asyncio.to_thread((self._files.uploads_root / row.upload_name).read_bytes)
+    async def _image(self, item: WorkItem) -> LoadedImage:
+        if item.spec.get("upload_name"):
+            data = await asyncio.to_thread((self._files.uploads_root / item.spec["upload_name"]).read_bytes)
             return await load_image(data, self._max_pixels)
-        return await self._load_url(row.image_url or "")
-
-    def _finish(self, task_id: str, status: TaskStatus, err: int | None, detail: str | None) -> None:
-        with transaction(self._db) as session:
-            row = session.get(IngestTaskRow, task_id)
-            if row is not None:
-                row.task_status = int(status)
-                row.err = err
-                row.detail = detail
-                row.finished_at = utcnow()
+        return await self._load_url(item.spec.get("image_url") or "")

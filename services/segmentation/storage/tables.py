@@ -10,6 +10,7 @@ from sqlalchemy import JSON, DateTime, Float, Integer, MetaData, String, Text, U
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.storage.db import NAMING_CONVENTION
+from services.common.work import WorkItemColumns
 
 # Arguments of services.common.storage.db.migrate for this service's schema.
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -20,24 +21,11 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class IngestTaskRow(Base):
-    """A POST /ingest task: one screenshot to components."""
+class WorkItemRow(WorkItemColumns, Base):
+    """The service's work items (services.common.work): POST /ingest tasks (kind ingest; owner: user_id; spec:
+    upload_name or image_url, segmenter; result on failure: the document's err)."""
 
-    __tablename__ = "ingest_tasks"
-
-    task_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # ingest_<uuid4>
-    user_id: Mapped[str] = mapped_column(String(128))
-    # 300 running (or waiting), 200 done, 400 failed: the document's task_status values.
-    task_status: Mapped[int] = mapped_column(Integer, index=True)
-    # Where the image is: a file under the uploads directory, or the URL the caller gave.
-    upload_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    image_url: Mapped[str | None] = mapped_column(Text, nullable=True)
-    segmenter: Mapped[str] = mapped_column(String(32))
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    err: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    __tablename__ = "segmentation_work_items"
 
 
 class TrainingTaskRow(Base):

@@ -6,21 +6,24 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from services.common.clock import utcnow
 from services.common.envelope import EnvelopeError, Err
 from services.common.geometry import Box
 from services.common.image_urls import LoadedImage
-from services.common.storage.db import create_db_engine, migrate, session_factory, transaction
-from services.segmentation.domain.ingest import IngestTasks
+from services.common.storage.db import create_db_engine, migrate, session_factory
+from services.common.work import WorkQueue
+from services.segmentation.domain.ingest import KIND, IngestTasks
 from services.segmentation.domain.service import PageAnalysis
 from services.segmentation.domain.tree import PageElement, build_schema
 from services.segmentation.storage.files import SegmentationFiles
-from services.segmentation.storage.tables import MIGRATIONS, VERSION_TABLE, Base, IngestTaskRow
+from services.segmentation.storage.tables import MIGRATIONS, VERSION_TABLE, Base, WorkItemRow
 
 
 def _png(width: int = 64, height: int = 48) -> bytes:
@@ -124,21 +127,18 @@ def test_only_uploads_this_service_named_are_served(tasks_factory, name: str) ->
 
 def test_interrupted_tasks_run_again_until_their_attempts_are_spent(tasks_factory, tmp_path: Path) -> None:
     make, db, files = tasks_factory
+    # What a killed service leaves: tasks running under its lease, one of them already in its last attempt.
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    killed = WorkQueue(db, WorkItemRow, replica=f"{socket.gethostname()}:{int(ended.stdout)}:killed")
     for task_id, attempts in (("ingest_again", 1), ("ingest_spent", 2)):
         name = f"{task_id}.png"
         (files.uploads_root / name).write_bytes(_png())
-        with transaction(db) as session:
-            session.add(
-                IngestTaskRow(
-                    task_id=task_id,
-                    user_id="u",
-                    task_status=300,
-                    upload_name=name,
-                    segmenter="layout",
-                    attempts=attempts,
-                    created_at=utcnow(),
-                )
-            )
+        spec = {"upload_name": name, "image_url": None, "segmenter": "layout"}
+        killed.submit(task_id, KIND, spec, owner="u", max_attempts=2)
+        if attempts == 2:  # cut off once already
+            killed.claim([KIND], lease_seconds=3600)
+            killed.retry_later(task_id, "the service stopped while it ran")
+        assert killed.claim([KIND], lease_seconds=3600).item_id == task_id  # running when it was killed
 
     async def scenario() -> None:
         tasks = make(max_attempts=2)
