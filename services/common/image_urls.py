@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from services.common.envelope import EnvelopeError, Err
 from services.common.errors import InvalidArgument
 from services.common.fetch import FetchFailed, FetchPolicy, fetch_url
-from services.common.images import decode_image
+from services.common.images import decode_image_rgb
 from services.common.settings import UrlFetchSettings
 
 
@@ -31,10 +30,10 @@ def fetch_policy(settings: UrlFetchSettings) -> FetchPolicy:
 async def load_image(data: bytes, max_pixels: int) -> LoadedImage:
     """Decode bytes the caller sent or named; 601 when they are not a complete image of an accepted format."""
     try:
-        bgr = await asyncio.to_thread(decode_image, data, max_pixels)
+        rgb = await asyncio.to_thread(decode_image_rgb, data, max_pixels)
     except InvalidArgument as error:
         raise EnvelopeError(Err.INVALID_IMAGE, f"Invalid image data: {error.detail}") from error
-    return LoadedImage(data, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    return LoadedImage(data, rgb)
 
 
 async def load_image_url(url: str, policy: FetchPolicy, max_pixels: int) -> LoadedImage:

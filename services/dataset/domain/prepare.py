@@ -19,9 +19,9 @@ from pathlib import Path, PurePosixPath
 
 from services.common.archives import ArchiveEntry, ZipLimits, open_zip, read_entry, safe_entries
 from services.common.errors import InvalidArgument
+from services.common.images import ImageHeader, verify_image
 from services.common.storage.files import atomic_write_text
 from services.dataset.domain.data_yaml import names_from_lines, names_from_yaml, render_data_yaml
-from services.dataset.domain.images import ImageInfo, InvalidImage, inspect_image
 from services.dataset.domain.labels import YoloBox, format_label_text, parse_label_text
 from services.dataset.domain.layout import ImageSource, ZipLayout, read_layout
 from services.dataset.domain.splitting import DEFAULT_SPLIT, SplitRatio, split_keys
@@ -83,7 +83,7 @@ class PrepareOptions:
 @dataclass(frozen=True)
 class _AcceptedImage:
     source: ImageSource
-    info: ImageInfo
+    header: ImageHeader
     pooled: Path
 
 
@@ -159,14 +159,12 @@ def _validate_images(
     def check(index: int, source: ImageSource) -> _AcceptedImage | Rejection:
         try:
             data = read_entry(archive, source.entry)
-            info = inspect_image(data, options.max_image_pixels)
+            header = verify_image(data, options.max_image_pixels)
         except InvalidArgument as error:
             return Rejection(source.entry.name, 0, error.detail)
-        except InvalidImage as error:
-            return Rejection(source.entry.name, 0, str(error))
         pooled = pool / f"{index}{PurePosixPath(source.entry.name).suffix.lower()}"
         pooled.write_bytes(data)
-        return _AcceptedImage(source, info, pooled)
+        return _AcceptedImage(source, header, pooled)
 
     with ThreadPoolExecutor(max_workers=max(options.workers, 1)) as executor:
         outcomes = list(executor.map(check, range(len(layout.images)), layout.images))
@@ -250,5 +248,5 @@ def _publish_files(
         os.rename(image.pooled, staging / relpath)
         if name in labels:
             (staging / "labels" / split / f"{image_id}.txt").write_text(format_label_text(labels[name]))
-        images.append(PreparedImage(image_id, split, relpath, image.info.width, image.info.height))
+        images.append(PreparedImage(image_id, split, relpath, *image.header.size))
     return images

@@ -1,12 +1,11 @@
-"""services.inference.domain.detection: real image bytes in every format we accept (and broken ones), letterbox
-geometry, postprocessing on synthetic model outputs, and parity with Ultralytics itself: a real (random-weight)
-YOLOv8n exported to ONNX, run on real photos through our letterbox -> onnxruntime -> postprocess and through
+"""services.inference.domain.detection (decoding itself: tests/unit/test_images.py): letterbox geometry,
+postprocessing on synthetic model outputs, and parity with Ultralytics itself: a real (random-weight) YOLOv8n
+exported to ONNX, run on real photos through our letterbox -> onnxruntime -> postprocess and through
 `YOLO(model.onnx).predict`."""
 
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import math
 import os
@@ -16,14 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-from PIL import Image, ImageFile, ImageOps
 
 from services.common.errors import InvalidArgument
-from services.common.images import decode_image, image_size
-from services.inference.domain import detection
+from services.common.images import decode_image, read_header
 from services.inference.domain.detection import (
     Detection,
     Letterbox,
@@ -34,7 +30,6 @@ from services.inference.domain.detection import (
     postprocess,
 )
 from services.training.ultralytics_env import ultralytics_environment
-from tests.unit.zips import jpeg_bytes, png_declaring
 
 LIMIT = 64_000_000
 PARITY_IMGSZ = 320
@@ -42,147 +37,6 @@ PARITY_IMGSZ = 320
 
 def random_bgr(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
-def rgb_image(bgr: np.ndarray) -> Image.Image:
-    return Image.fromarray(np.ascontiguousarray(bgr[:, :, ::-1]))
-
-
-# --- decode_image -------------------------------------------------------------------------------------------
-
-
-def test_jpeg_decodes_to_bgr() -> None:
-    image = decode_image(jpeg_bytes(64, 48, color=(200, 40, 40)), LIMIT)  # red
-    assert image.shape == (48, 64, 3) and image.dtype == np.uint8
-    assert np.abs(image[24, 32].astype(int) - (40, 40, 200)).max() <= 3
-
-
-@pytest.mark.parametrize(("fmt", "options"), [("PNG", {}), ("BMP", {}), ("WEBP", {"lossless": True}), ("TIFF", {})])
-def test_lossless_formats_decode_exactly(fmt: str, options: dict[str, object]) -> None:
-    pixels = random_bgr(37, 53)
-    assert np.array_equal(decode_image(encoded(rgb_image(pixels), fmt, **options), LIMIT), pixels)
-
-
-def test_grayscale_becomes_three_equal_channels() -> None:
-    gray = random_bgr(20, 30)[:, :, 0]
-    image = decode_image(encoded(Image.fromarray(gray), "PNG"), LIMIT)
-    assert image.shape == (20, 30, 3)
-    assert all(np.array_equal(image[:, :, channel], gray) for channel in range(3))
-
-
-def test_alpha_is_dropped() -> None:
-    pixels = random_bgr(20, 30)
-    rgba = rgb_image(pixels).convert("RGBA")
-    rgba.putalpha(10)
-    assert np.array_equal(decode_image(encoded(rgba, "PNG"), LIMIT), pixels)
-
-
-def test_palette_image_keeps_its_colours() -> None:
-    palette_image = rgb_image(random_bgr(20, 30)).convert("P")
-    expected = np.asarray(palette_image.convert("RGB"))[:, :, ::-1]
-    assert np.array_equal(decode_image(encoded(palette_image, "PNG"), LIMIT), expected)
-
-
-def test_16_bit_png_is_scaled_to_8_bits() -> None:
-    samples = np.random.default_rng(1).integers(0, 65536, (20, 30, 3), dtype=np.uint16)
-    ok, png = cv2.imencode(".png", samples)
-    assert ok
-    assert np.array_equal(decode_image(png.tobytes(), LIMIT), (samples >> 8).astype(np.uint8))
-
-
-def test_32_bit_float_tiff_is_refused_with_the_reason() -> None:
-    floats = Image.fromarray(np.random.default_rng(2).random((20, 30), dtype=np.float32))
-    with pytest.raises(InvalidArgument, match="unsupported pixel format F"):
-        decode_image(encoded(floats, "TIFF"), LIMIT)
-
-
-def exif_image(fmt: str, orientation: int) -> bytes:
-    """A 30x50 image of random pixels (any flip or turn shows), tagged with an EXIF orientation."""
-    pixels = random_bgr(30, 50, seed=3)
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    return encoded(rgb_image(pixels), fmt, exif=exif.tobytes(), **({"lossless": True} if fmt == "WEBP" else {}))
-
-
-@pytest.mark.parametrize("orientation", range(1, 9))
-@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])  # OpenCV alone ignores orientation in WebP
-def test_exif_orientation_is_applied_like_pillow(fmt: str, orientation: int) -> None:
-    data = exif_image(fmt, orientation)
-    with Image.open(io.BytesIO(data)) as stored:
-        expected = np.asarray(ImageOps.exif_transpose(stored).convert("RGB"))[:, :, ::-1]
-    image = decode_image(data, LIMIT)
-    assert np.array_equal(image, expected)
-    assert image.flags.c_contiguous
-    assert image_size(data) == (image.shape[1], image.shape[0])
-
-
-def test_exif_rotated_jpeg_comes_out_rotated() -> None:
-    data = jpeg_bytes(40, 20, orientation=6)  # stored landscape, displayed portrait
-    assert decode_image(data, LIMIT).shape == (40, 20, 3)
-    assert image_size(data) == (20, 40)
-
-
-TRUNCATED_JPEG = jpeg_bytes(128, 96, noise_seed=5)
-
-
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        (b"", "empty image"),
-        (np.random.default_rng(4).bytes(5000), "not an image"),
-        (b"name,width,height\nbus.jpg,810,1080\n" * 20, "not an image"),
-        (TRUNCATED_JPEG[: len(TRUNCATED_JPEG) // 2], "corrupt or truncated"),
-        (TRUNCATED_JPEG[:-2], "corrupt or truncated"),  # only the end-of-image marker is missing
-        (TRUNCATED_JPEG[:200], "corrupt or truncated"),  # headers, no pixel data
-        (encoded(rgb_image(random_bgr(40, 40)), "PNG")[:-300], "corrupt or truncated"),
-        (encoded(rgb_image(random_bgr(4, 4)), "GIF"), "unsupported image format GIF"),
-    ],
-    ids=["empty", "random-bytes", "text", "jpeg-half", "jpeg-no-eoi", "jpeg-headers-only", "png-cut", "gif"],
-)
-def test_unreadable_data_is_refused(data: bytes, message: str) -> None:
-    with pytest.raises(InvalidArgument, match=message):
-        decode_image(data, LIMIT)
-
-
-def test_image_size_refuses_non_images() -> None:
-    with pytest.raises(InvalidArgument, match="not an image"):
-        image_size(b"%PDF-1.7\n")
-
-
-@pytest.fixture
-def no_pixel_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*_: object) -> None:
-        raise AssertionError("pixels were decoded")
-
-    monkeypatch.setattr(detection.cv2, "imdecode", refuse)
-    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
-
-
-@pytest.mark.usefixtures("no_pixel_decoding")
-def test_decompression_bomb_is_refused_from_its_header() -> None:
-    bomb = png_declaring(100_000, 100_000)  # 30 GB of pixels in 100 bytes
-    with pytest.raises(InvalidArgument, match=r"100000x100000 \(10000000000 pixels\), more than the 64000000"):
-        decode_image(bomb, LIMIT)
-    assert image_size(bomb) == (100_000, 100_000)
-
-
-SOLID_2000X1500 = encoded(Image.new("RGB", (2000, 1500), (9, 9, 9)), "PNG")
-
-
-def test_image_at_the_pixel_limit_is_decoded() -> None:
-    assert decode_image(SOLID_2000X1500, 3_000_000).shape == (1500, 2000, 3)
-
-
-@pytest.mark.usefixtures("no_pixel_decoding")
-def test_real_image_over_the_pixel_limit_is_refused_before_decoding() -> None:
-    with pytest.raises(InvalidArgument, match="more than the 2999999 allowed"):
-        decode_image(SOLID_2000X1500, 2_999_999)
 
 
 # --- letterbox ----------------------------------------------------------------------------------------------
@@ -489,7 +343,7 @@ def test_encode_jpeg_of_a_drawing() -> None:
     data = encode_jpeg(draw_detections(image, [Detection(4, "4", 0.3, 1.0, 2.0, 50.0, 60.0)]), quality=80)
     assert data[:3] == b"\xff\xd8\xff"
     assert decode_image(data, LIMIT).shape == (123, 77, 3)
-    assert image_size(data) == (77, 123)
+    assert read_header(data).size == (77, 123)
 
 
 # --- thresholds -------------------------------------------------------------------------------------------------
