@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import time
 from collections.abc import AsyncIterator, Collection
+from contextlib import aclosing
 from pathlib import Path
 
 import grpc
-import numpy as np
 from google.api import httpbody_pb2
 from google.protobuf import struct_pb2
+from google.protobuf.message import Message
 from visionmesh.inference.v1 import inference_pb2 as pb
 from visionmesh.inference.v1 import inference_pb2_grpc
 
@@ -22,9 +22,9 @@ from services.common.grpc_http import stream_download
 from services.common.messages import nullable
 from services.common.triton.link import TritonLink
 from services.common.uploads import ReceivedFile, ReceivedUpload, UploadReceiver, client_named, receive_upload
-from services.inference.domain.detection import Detection, draw_detections, encode_jpeg
-from services.inference.domain.engine import AnnotatedFrame, Thresholds
-from services.inference.domain.service import ImageResult, InferenceService, VideoAssembly
+from services.inference.domain.detection import Detection
+from services.inference.domain.engine import Thresholds
+from services.inference.domain.service import ImageResult, InferenceService, StreamedFrame, StreamRequest
 from services.inference.domain.tasks import TaskQueue
 from services.inference.settings import InferenceSettings
 
@@ -82,10 +82,47 @@ def _parse_threshold(upload: ReceivedUpload, first: pb.InferRequest, name: str) 
             return float(raw)
         except ValueError:
             raise InvalidArgument(f"{name} must be a number between 0 and 1, not {raw!r}") from None
-    return getattr(first, name) if first.HasField(name) else None
+    return _optional(first, name)
+
+
+def _optional(message: Message, name: str) -> float | None:
+    return getattr(message, name) if message.HasField(name) else None
+
+
+def _stream_request(message: pb.FrameRequest) -> StreamRequest:
+    payload = message.WhichOneof("payload")
+    return StreamRequest(
+        model_id=message.model_id,
+        conf=_optional(message, "conf"),
+        iou=_optional(message, "iou"),
+        annotate=message.annotate,
+        image=message.image if payload == "image" else None,
+        video_chunk=message.video_chunk if payload == "video_chunk" else None,
+    )
+
+
+def _frame_result(frame: StreamedFrame) -> pb.FrameResult:
+    return pb.FrameResult(
+        frame=frame.index,
+        detections=map(_detection, frame.detections),
+        width=frame.width,
+        height=frame.height,
+        inference_ms=frame.inference_ms,
+        annotated_jpeg=frame.annotated_jpeg,
+    )
+
+
+def _frame_event(frame: StreamedFrame) -> dict[str, object]:
+    return {
+        "frame": frame.index,
+        "image_data": base64.b64encode(frame.annotated_jpeg).decode(),
+        "detections": [_detection_json(d) for d in frame.detections],
+    }
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    """The settings give only what each route accepts from the wire (upload bytes); the rest is the domain's."""
+
     def __init__(self, service: InferenceService, settings: InferenceSettings) -> None:
         self._service = service
         self._settings = settings
@@ -105,7 +142,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         )
         upload, first = await receive_upload(messages, lambda message: message.body, receiver)
         upload.files[:] = [client_named(f, first) if f.filename == _RAW_BODY_NAME else f for f in upload.files]
-        thresholds = self._service.engine.thresholds(
+        thresholds = self._service.thresholds(
             _parse_threshold(upload, first, "conf"), _parse_threshold(upload, first, "iou")
         )
         return upload, first, thresholds
@@ -164,29 +201,19 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             upload, first, thresholds = await self._receive(
                 request_iterator, staging, "file", self._settings.max_video_upload_bytes
             )
-            video = upload.single_file("file")
             # Everything that can be refused is checked before the first event (the status is still 400-able).
-            model, info = await self._service.open_video(first.model_id, video.path)
+            stream = await self._service.open_video_stream(first.model_id, upload.single_file("file").path, thresholds)
             await context.send_initial_metadata((("cache-control", "no-cache"), ("x-accel-buffering", "no")))
             frames = 0
             try:
-                async for frame in self._service.engine.annotate_video(
-                    model, video.path, self._service.video_limits, thresholds, self._settings.video_pipeline_depth
-                ):
-                    yield _sse(await asyncio.to_thread(self._frame_event, frame))
-                    frames += 1
+                async with aclosing(stream.frames):
+                    async for frame in stream.frames:
+                        yield _sse(_frame_event(frame))
+                        frames += 1
             except ServiceError as error:
                 yield _sse({"detail": error.detail, "frames_sent": frames}, event="error")
                 return
-            yield _sse({"model_id": model.model_id, "total_frames": frames, "fps": info.fps}, event="end")
-
-    @staticmethod
-    def _frame_event(frame: AnnotatedFrame) -> dict[str, object]:
-        return {
-            "frame": frame.index,
-            "image_data": base64.b64encode(encode_jpeg(frame.image, quality=80)).decode(),
-            "detections": [_detection_json(d) for d in frame.detections],
-        }
+            yield _sse({"model_id": stream.model_id, "total_frames": frames, "fps": stream.info.fps}, event="end")
 
     async def ExportInfer(
         self, request_iterator: AsyncIterator[pb.InferRequest], context: grpc.aio.ServicerContext
@@ -221,65 +248,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def GetUpload(
         self, request: pb.UploadFileRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
-        return stream_download(context, self._service.uploads.open, request.filename)
+        return stream_download(context, self._service.open_upload, request.filename)
 
     async def DetectStream(
         self, request_iterator: AsyncIterator[pb.FrameRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.FrameResult]:
-        engine = self._service.engine
-        with self._service.staging() as staging:
-            model = None
-            thresholds = engine.thresholds(None, None)
-            annotate = False
-            frames = 0
-            video: VideoAssembly | None = None
-            async for message in request_iterator:
-                if model is None:
-                    model = await engine.model(message.model_id)
-                    thresholds = engine.thresholds(
-                        message.conf if message.HasField("conf") else None,
-                        message.iou if message.HasField("iou") else None,
-                    )
-                    annotate = message.annotate
-                payload = message.WhichOneof("payload")
-                if payload == "image":
-                    if video is not None:
-                        raise InvalidArgument("Send either encoded frames or one video, not both")
-                    started = time.perf_counter()
-                    detected = await engine.detect_encoded(model, message.image, thresholds)
-                    yield await _frame_result(frames, detected.image, detected.detections, annotate, started)
-                    frames += 1
-                elif payload == "video_chunk":
-                    if frames:
-                        raise InvalidArgument("Send either encoded frames or one video, not both")
-                    video = video or VideoAssembly(staging / "video", self._settings.max_video_upload_bytes)
-                    await asyncio.to_thread(video.append, message.video_chunk)
-            if video is None or model is None:
-                return
-            await asyncio.to_thread(video.close)
-            await self._service.open_video(model.model_id, video.path)
-            started = time.perf_counter()
-            async for frame in engine.annotate_video(
-                model, video.path, self._service.video_limits, thresholds, self._settings.video_pipeline_depth
-            ):
-                yield await _frame_result(frame.index, frame.image, frame.detections, annotate, started)
-                started = time.perf_counter()
-
-
-async def _frame_result(
-    index: int, image: np.ndarray, detections: list[Detection], annotate: bool, started: float
-) -> pb.FrameResult:
-    height, width = image.shape[:2]
-    result = pb.FrameResult(
-        frame=index,
-        detections=map(_detection, detections),
-        width=width,
-        height=height,
-        inference_ms=round((time.perf_counter() - started) * 1000, 2),
-    )
-    if annotate:
-        result.annotated_jpeg = await asyncio.to_thread(lambda: encode_jpeg(draw_detections(image, detections)))
-    return result
+        requests = (_stream_request(message) async for message in request_iterator)
+        frames = self._service.detect_stream(requests, self._settings.max_video_upload_bytes)
+        async with aclosing(frames):
+            async for frame in frames:
+                yield _frame_result(frame)
 
 
 class ServingControlServicer(inference_pb2_grpc.ServingControlServicer):

@@ -1,4 +1,4 @@
-"""The inference service's use cases: detect on uploaded images, batches and videos, keep the uploads,
+"""The inference service's use cases: detect on uploaded images, batches, videos and streams, keep the uploads,
 write export sessions, and load or unload models on the model server."""
 
 from __future__ import annotations
@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+import numpy as np
 import structlog
 
 from services.common.clock import utcnow
@@ -20,7 +22,7 @@ from services.common.errors import InvalidArgument, NotFound, PayloadTooLarge
 from services.common.storage.files import atomic_write_bytes, fsync_dir, staging_dir
 from services.common.uploads import ReceivedFile
 from services.inference.domain.detection import Detection, draw_detections, encode_jpeg
-from services.inference.domain.engine import DetectionEngine, Thresholds, run_bounded
+from services.inference.domain.engine import DetectedImage, DetectionEngine, Thresholds, run_bounded
 from services.inference.domain.models import ServableModel
 from services.inference.domain.samples import Sample
 from services.inference.domain.sessions import (
@@ -39,6 +41,8 @@ log = structlog.get_logger("inference")
 
 _MAX_MODELS_PER_BATCH = 16
 _IMAGES_IN_FLIGHT = 8
+_STREAM_JPEG_QUALITY = 90  # DetectStream's annotated frames
+_EVENT_JPEG_QUALITY = 80  # the frames of the Server-Sent Events video stream: smaller events
 
 
 class ModelLoader(Protocol):
@@ -70,6 +74,38 @@ class VideoResult:
     info: VideoInfo
     video_path: Path
     detections_per_frame: list[int]
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """One message of a detection stream. The first message's model, thresholds and `annotate` hold for the
+    whole stream; each message carries one encoded frame or the next chunk of one video (or neither)."""
+
+    model_id: str
+    conf: float | None
+    iou: float | None
+    annotate: bool
+    image: bytes | None
+    video_chunk: bytes | None
+
+
+@dataclass(frozen=True)
+class StreamedFrame:
+    index: int
+    width: int
+    height: int
+    detections: list[Detection]
+    inference_ms: float  # from the frame's arrival (a video's: from the previous frame) to its detections
+    annotated_jpeg: bytes  # the frame with its detections drawn; empty unless asked for
+
+
+@dataclass(frozen=True)
+class VideoStream:
+    """A video checked before its first frame (errors until here can still be a status), then its frames."""
+
+    model_id: str
+    info: VideoInfo
+    frames: AsyncIterator[StreamedFrame]
 
 
 @dataclass(frozen=True)
@@ -114,9 +150,9 @@ class InferenceService:
         max_batch_images: int,
         max_inline_video_bytes: int,
     ) -> None:
-        self.engine = engine
-        self.uploads = uploads
-        self.video_limits = video_limits
+        self._engine = engine
+        self._uploads = uploads
+        self._video_limits = video_limits
         self._loader = loader
         self._models = models
         self._sessions = sessions
@@ -132,22 +168,30 @@ class InferenceService:
         with staging_dir(self._work_root) as directory:
             yield directory
 
+    def thresholds(self, conf: float | None, iou: float | None) -> Thresholds:
+        """The request's thresholds, defaults where it gave none; 400 when out of range."""
+        return self._engine.thresholds(conf, iou)
+
+    def open_upload(self, filename: str) -> Download:
+        """A kept upload, as the documented image_path serves it."""
+        return self._uploads.open(filename)
+
     # -- images ------------------------------------------------------------------------------------------
 
-    async def _detect_file(self, model: ServableModel, received: ReceivedFile, thresholds: Thresholds):
+    async def _detect_file(self, model: ServableModel, received: ReceivedFile, thresholds: Thresholds) -> DetectedImage:
         if received.size == 0:
             raise InvalidArgument(f"{received.filename}: the file is empty")
         data = await asyncio.to_thread(received.path.read_bytes)
         try:
-            return await self.engine.detect_encoded(model, data, thresholds)
+            return await self._engine.detect_encoded(model, data, thresholds)
         except InvalidArgument as error:
             raise InvalidArgument(f"{received.filename}: {error.detail}") from None
 
     async def infer_image(self, model_id: str, received: ReceivedFile, thresholds: Thresholds) -> ImageResult:
-        model = await self.engine.model(model_id)
+        model = await self._engine.model(model_id)
         detected = await self._detect_file(model, received, thresholds)
-        stem = self.uploads.batch_prefix(utcnow())
-        image_path = await asyncio.to_thread(self.uploads.keep, received.path, stem)
+        stem = self._uploads.batch_prefix(utcnow())
+        image_path = await asyncio.to_thread(self._uploads.keep, received.path, stem)
         return ImageResult(model.model_id, image_path, detected.detections)
 
     def _images(self, files: list[ReceivedFile]) -> list[ReceivedFile]:
@@ -164,7 +208,7 @@ class InferenceService:
         if len(ids) > _MAX_MODELS_PER_BATCH:
             raise InvalidArgument(f"Too many models: {len(ids)} (at most {_MAX_MODELS_PER_BATCH} per request)")
         images = self._images(files)
-        models = [await self.engine.model(model_id) for model_id in ids]
+        models = [await self._engine.model(model_id) for model_id in ids]
         detected = await run_bounded(
             [
                 (lambda model=model, image=image: self._detect_file(model, image, thresholds))
@@ -173,9 +217,9 @@ class InferenceService:
             ],
             _IMAGES_IN_FLIGHT,
         )
-        stem = self.uploads.batch_prefix(utcnow())
+        stem = self._uploads.batch_prefix(utcnow())
         paths = [
-            await asyncio.to_thread(self.uploads.keep, image.path, f"{stem}_{n}") for n, image in enumerate(images, 1)
+            await asyncio.to_thread(self._uploads.keep, image.path, f"{stem}_{n}") for n, image in enumerate(images, 1)
         ]
         pairs = [(path, model) for path in paths for model in models]
         return [
@@ -185,10 +229,10 @@ class InferenceService:
     # -- videos ------------------------------------------------------------------------------------------
 
     async def open_video(self, model_id: str, path: Path) -> tuple[ServableModel, VideoInfo]:
-        model = await self.engine.model(model_id)
+        model = await self._engine.model(model_id)
         if path.stat().st_size == 0:
             raise InvalidArgument("The video file is empty")
-        info = await asyncio.to_thread(self.engine.open_video, path, self.video_limits)
+        info = await asyncio.to_thread(self._engine.open_video, path, self._video_limits)
         # Loaded before the first frame: a model Triton cannot load is a 409 answer, not an error event.
         await self._loader.ensure_loaded(model.model_id)
         return model, info
@@ -202,7 +246,7 @@ class InferenceService:
         counts: list[int] = []
         writer = Mp4Writer(output, info.width, info.height, info.fps)
         try:
-            async for frame in self.engine.annotate_video(model, source, self.video_limits, thresholds, self._depth):
+            async for frame in self._engine.annotate_video(model, source, self._video_limits, thresholds, self._depth):
                 await asyncio.to_thread(writer.write, frame.image)
                 counts.append(len(frame.detections))
         except BaseException as error:
@@ -226,10 +270,73 @@ class InferenceService:
             )
         return result, await asyncio.to_thread(result.video_path.read_bytes)
 
+    async def open_video_stream(self, model_id: str, source: Path, thresholds: Thresholds) -> VideoStream:
+        """The video checked and its model loaded (the refusals come now, before any frame); its frames, drawn
+        and as JPEG, come as they are annotated."""
+        model, info = await self.open_video(model_id, source)
+        return VideoStream(model.model_id, info, self._video_frames(model, source, thresholds, _EVENT_JPEG_QUALITY))
+
+    async def _video_frames(
+        self, model: ServableModel, source: Path, thresholds: Thresholds, jpeg_quality: int | None
+    ) -> AsyncIterator[StreamedFrame]:
+        started = time.perf_counter()
+        frames = self._engine.annotate_video(model, source, self._video_limits, thresholds, self._depth)
+        async with aclosing(frames):
+            async for frame in frames:
+                elapsed_ms = _ms_since(started)
+                yield await _streamed_frame(frame.index, frame.image, frame.detections, elapsed_ms, jpeg_quality)
+                started = time.perf_counter()
+
+    # -- detection streams (native DetectStream) --------------------------------------------------------
+
+    async def detect_stream(
+        self, requests: AsyncIterator[StreamRequest], max_video_bytes: int
+    ) -> AsyncIterator[StreamedFrame]:
+        """A stream of encoded frames, each answered before the next is read, or of one video sent in chunks
+        (at most `max_video_bytes`), answered frame by frame once the client has sent all of it; never both.
+        The first request names the model (404/409 before anything is answered) and the thresholds."""
+        with self.staging() as staging:
+            model: ServableModel | None = None
+            thresholds = self._engine.thresholds(None, None)
+            quality: int | None = None
+            frames = 0
+            video: VideoAssembly | None = None
+            try:
+                async for request in requests:
+                    if model is None:
+                        model = await self._engine.model(request.model_id)
+                        thresholds = self._engine.thresholds(request.conf, request.iou)
+                        quality = _STREAM_JPEG_QUALITY if request.annotate else None
+                    if request.image is not None:
+                        if video is not None:
+                            raise InvalidArgument("Send either encoded frames or one video, not both")
+                        started = time.perf_counter()
+                        detected = await self._engine.detect_encoded(model, request.image, thresholds)
+                        elapsed_ms = _ms_since(started)
+                        shown = detected.image
+                        if quality:
+                            shown = await asyncio.to_thread(draw_detections, detected.image, detected.detections)
+                        yield await _streamed_frame(frames, shown, detected.detections, elapsed_ms, quality)
+                        frames += 1
+                    elif request.video_chunk is not None:
+                        if frames:
+                            raise InvalidArgument("Send either encoded frames or one video, not both")
+                        video = video or VideoAssembly(staging / "video", max_video_bytes)
+                        await asyncio.to_thread(video.append, request.video_chunk)
+            finally:
+                if video is not None:
+                    video.close()
+            if video is None or model is None:
+                return
+            await self.open_video(model.model_id, video.path)
+            async with aclosing(self._video_frames(model, video.path, thresholds, quality)) as video_frames:
+                async for frame in video_frames:
+                    yield frame
+
     # -- export sessions ---------------------------------------------------------------------------------
 
     async def export_session(self, model_id: str, files: list[ReceivedFile], thresholds: Thresholds) -> Session:
-        model = await self.engine.model(model_id)
+        model = await self._engine.model(model_id)
         images = self._images(files)
         created = utcnow()
         session_id = new_session_id(created)
@@ -271,12 +378,12 @@ class InferenceService:
     async def run_sample(self, model_id: str, sample: Sample, output: Path) -> None:
         """A task's work: every image of the sample annotated as result_001.jpg, ..., every video as
         output.mp4 (output_2.mp4, ...), written into `output`."""
-        model = await self.engine.model(model_id)
-        thresholds = self.engine.thresholds(None, None)
+        model = await self._engine.model(model_id)
+        thresholds = self._engine.thresholds(None, None)
         for number, image_file in enumerate(sample.images, 1):
             data = await asyncio.to_thread(image_file.read_bytes)
             try:
-                detected = await self.engine.detect_encoded(model, data, thresholds)
+                detected = await self._engine.detect_encoded(model, data, thresholds)
             except InvalidArgument as error:
                 raise InvalidArgument(f"Sample file {image_file.name}: {error.detail}") from None
             annotated = await asyncio.to_thread(draw_detections, detected.image, detected.detections)
@@ -293,12 +400,25 @@ class InferenceService:
 
     async def load_model(self, model_id: str) -> None:
         self._models.forget(model_id)
-        model = await self.engine.model(model_id)
+        model = await self._engine.model(model_id)
         await self._loader.ensure_loaded(model.model_id, retry_failed=True)
 
     async def unload_model(self, model_id: str) -> None:
         self._models.forget(model_id)
         await self._loader.unload(model_id)
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+async def _streamed_frame(
+    index: int, shown: np.ndarray, detections: list[Detection], inference_ms: float, jpeg_quality: int | None
+) -> StreamedFrame:
+    """`shown` (the frame as it is returned: with its detections drawn) as JPEG when a quality is given."""
+    height, width = shown.shape[:2]
+    jpeg = await asyncio.to_thread(encode_jpeg, shown, jpeg_quality) if jpeg_quality else b""
+    return StreamedFrame(index, width, height, detections, inference_ms, jpeg)
 
 
 def _publish(staging: Path, target: Path) -> None:
