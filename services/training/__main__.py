@@ -16,7 +16,7 @@ from services.common.triton.settings import TritonSettings
 from services.registry import address_of
 from services.training.clients import GrpcDatasetSource, GrpcServingControl
 from services.training.domain.jobs import JobLimits, JobManager
-from services.training.domain.models import ModelRegistry, ServingExporter
+from services.training.domain.models import ModelRegistry, ModelService, ServingExporter
 from services.training.servicer import LogServicer, ModelServicer, TrainingServicer
 from services.training.settings import TrainingSettings
 from services.training.storage.files import TrainingFiles
@@ -40,6 +40,7 @@ async def main(settings: TrainingSettings) -> None:
     exporter = ServingExporter(models)
     datasets = GrpcDatasetSource(address_of("dataset").grpc_address, zip_limits)
     serving = GrpcServingControl(address_of("inference").grpc_address)
+    model_service = ModelService(models, exporter, serving)
     # One core stays for the rest of the mesh: oversubscribed torch threads slow an epoch down many times over.
     threads = settings.worker_threads_per_job or max(1, (os.cpu_count() or 1) // settings.max_concurrent_jobs - 1)
     jobs = JobManager(
@@ -53,7 +54,7 @@ async def main(settings: TrainingSettings) -> None:
         weights_dir=settings.pretrained_weights_dir,
         threads_per_job=threads,
         stop_grace_seconds=settings.stop_grace_seconds,
-        export_for_serving=exporter.export,
+        export_for_serving=model_service.registered,  # the one path of every registered model
     )
     await asyncio.to_thread(jobs.recover)
     background = [asyncio.create_task(exporter.run(), name="onnx-exports")]
@@ -61,7 +62,7 @@ async def main(settings: TrainingSettings) -> None:
     def register(server: grpc.aio.Server) -> list[str]:
         training_pb2_grpc.add_TrainingServiceServicer_to_server(TrainingServicer(jobs), server)
         training_pb2_grpc.add_LogServiceServicer_to_server(LogServicer(jobs), server)
-        training_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models, exporter, serving, settings), server)
+        training_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(model_service, settings), server)
         return [service.full_name for service in training_pb2.DESCRIPTOR.services_by_name.values()]
 
     async def shutdown() -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,12 +16,11 @@ from visionmesh.training.v1 import training_pb2_grpc
 from services.common.clock import iso
 from services.common.grpc_http import stream_download
 from services.common.messages import nullable, string_list
-from services.common.uploads import receive_file
-from services.training.clients import GrpcServingControl
+from services.common.uploads import ReceivedFile, receive_file
 from services.training.domain import logs
 from services.training.domain.jobs import JobManager, NewJob
 from services.training.domain.metrics import training_metrics
-from services.training.domain.models import ModelRegistry, ServingExporter
+from services.training.domain.models import ModelService
 from services.training.settings import TrainingSettings
 from services.training.storage.tables import JobRow, ModelRow
 
@@ -130,12 +130,10 @@ class LogServicer(training_pb2_grpc.LogServiceServicer):
 
 
 class ModelServicer(training_pb2_grpc.ModelServiceServicer):
-    def __init__(
-        self, models: ModelRegistry, exporter: ServingExporter, serving: GrpcServingControl, settings: TrainingSettings
-    ) -> None:
+    """The settings give only the largest upload the route accepts from the wire."""
+
+    def __init__(self, models: ModelService, settings: TrainingSettings) -> None:
         self._models = models
-        self._exporter = exporter
-        self._serving = serving
         self._settings = settings
 
     def _model(self, row: ModelRow, detail: bool) -> pb.Model:
@@ -185,24 +183,23 @@ class ModelServicer(training_pb2_grpc.ModelServiceServicer):
         return await asyncio.to_thread(self._model, row, True)
 
     async def DeleteModel(self, request: pb.ModelRequest, context: grpc.aio.ServicerContext) -> pb.OperationResult:
-        await asyncio.to_thread(self._models.delete, request.model_id)
-        await self._serving.model_deleted(request.model_id)
+        await self._models.delete(request.model_id)
         return pb.OperationResult(ok=True, message="Model deleted successfully")
 
     async def UploadModel(
         self, request_iterator: AsyncIterator[pb.UploadModelRequest], context: grpc.aio.ServicerContext
     ) -> pb.Model:
-        with self._models.upload_staging() as staging:
-            received = await receive_file(
+        def receive(staging: Path) -> Awaitable[ReceivedFile]:
+            return receive_file(
                 request_iterator,
                 lambda message: message.body,
                 staging,
                 self._settings.max_model_upload_bytes,
                 "model.zip",
             )
-            row = await asyncio.to_thread(self._models.register_upload, received)
-        exported = await self._exporter.export(row.model_id)  # answered once the model can be served (or failed)
-        return await asyncio.to_thread(self._model, exported, True)
+
+        row = await self._models.upload(receive)  # once the model can be served (or its export failed)
+        return await asyncio.to_thread(self._model, row, True)
 
     def ExportModel(
         self, request: pb.ModelRequest, context: grpc.aio.ServicerContext

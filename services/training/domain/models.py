@@ -1,4 +1,5 @@
-"""The model registry: models registered by completed jobs or uploaded as ZIPs; export, charts, ONNX.
+"""The model registry: models registered by completed jobs or uploaded as ZIPs; export, charts, ONNX; and the
+model service, the one path of a registered or deleted model to the model server.
 
 A model is a directory models/<model_id>/ (weights/best.pt, model.json, results.csv, model.onnx) plus its
 row. As everywhere in the mesh, the directory is built in staging and renamed into place, then the row is
@@ -14,9 +15,11 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from sqlalchemy import func, select
@@ -110,7 +113,7 @@ class ModelRegistry:
     def onnx_path(self, model_id: str) -> Path:
         return self._files.model_onnx(model_id)
 
-    def upload_staging(self):
+    def upload_staging(self) -> AbstractContextManager[Path]:
         """A directory for receiving an upload, on the same file system as the models."""
         return staging_dir(self._files.models_root)
 
@@ -378,3 +381,62 @@ class ServingExporter:
             return
         if finished is not None:
             finished.set_result(row)
+
+
+class ServingControl(Protocol):
+    """The model server's side (the inference service): a deleted model is unloaded there."""
+
+    async def model_deleted(self, model_id: str) -> None: ...
+
+
+class ModelService:
+    """The model routes' use cases over the registry, with one path for each change the model server must
+    follow: every registered model, trained by a job or uploaded, is exported for serving before it is
+    announced (`registered`: the job manager calls it too), and every deleted model is unloaded (`delete`)."""
+
+    def __init__(self, registry: ModelRegistry, exporter: ServingExporter, serving: ServingControl) -> None:
+        self._registry = registry
+        self._exporter = exporter
+        self._serving = serving
+
+    async def registered(self, model_id: str) -> ModelRow:
+        """The model once its export for serving has finished (export_status ready or failed); NotFound if it
+        is deleted first."""
+        return await self._exporter.export(model_id)
+
+    async def upload(self, receive: Callable[[Path], Awaitable[ReceivedFile]]) -> ModelRow:
+        """Register the ZIP that `receive` writes into a staging directory (removed before the export: the
+        export can take minutes); the model once it is exported for serving."""
+        with self._registry.upload_staging() as staging:
+            row = await asyncio.to_thread(self._registry.register_upload, await receive(staging))
+        return await self.registered(row.model_id)
+
+    async def delete(self, model_id: str) -> None:
+        await asyncio.to_thread(self._registry.delete, model_id)
+        await self._serving.model_deleted(model_id)
+
+    # The registry's reads and edits, which the model server does not need to hear about.
+
+    def list(self, page: int, page_size: int) -> tuple[list[ModelRow], int]:
+        return self._registry.list(page, page_size)
+
+    def get(self, model_id: str) -> ModelRow:
+        return self._registry.get(model_id)
+
+    def update(self, model_id: str, name: str | None, description: str | None, tags: list[str] | None) -> ModelRow:
+        return self._registry.update(model_id, name, description, tags)
+
+    def weights_path(self, model_id: str) -> Path:
+        return self._registry.weights_path(model_id)
+
+    def onnx_path(self, model_id: str) -> Path:
+        return self._registry.onnx_path(model_id)
+
+    def history(self, model_id: str) -> list[dict[str, float]]:
+        return self._registry.history(model_id)
+
+    def export_zip(self, model_id: str) -> Download:
+        return self._registry.export_zip(model_id)
+
+    def chart(self, model_id: str, chart_type: str) -> bytes:
+        return self._registry.chart(model_id, chart_type)
