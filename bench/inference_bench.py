@@ -7,7 +7,7 @@ temporary data root, and stops it at the end, errors included (`--keep` leaves t
 
 Set-up (not timed). The model is a real YOLOv8n (yolov8n.yaml, 3.0 M parameters, trained from scratch: no
 pretrained weights offline) trained through the platform for 1 epoch at imgsz 640 on 16 generated 640x480
-images of 2 classes (tests/datagen.py, `POST /datasets/upload` + `/prepare` + `POST /train/jobs`), then
+images of 2 classes (synthetic/datagen.py, `POST /datasets/upload` + `/prepare` + `POST /train/jobs`), then
 exported by the training service to ONNX (dynamic batch) into Triton's repository. Its best.pt is uploaded
 once more (`POST /models/upload`, a ZIP of weights/best.pt + model.json {"imgsz": 320}) for the video part,
 which the training service exports at 320x320. One request per model loads it into Triton before any timing.
@@ -120,7 +120,7 @@ from launcher.instance import PlatformInstance
 from services.common.images import decode_image
 from services.inference.domain.detection import letterbox, postprocess
 from services.training.ultralytics_env import ultralytics_environment
-from tests import datagen
+from synthetic import datagen
 
 THROUGHPUT_RATIO_TARGET = 1.5
 VIDEO_FPS_TARGET = 15.0

@@ -39,10 +39,11 @@ from bench.benchlib import (
 )
 from launcher.instance import PlatformInstance
 from services.common.geometry import Box
-from services.segmentation.domain.evaluation import match_boxes, recall, text_recall
 from services.segmentation.domain.rendering import COMPONENT_TYPES, CONTAINER_TYPE
-from services.segmentation.domain.sam import write_random_checkpoint
-from tests.e2e.segmentation_data import component, encode, image_server, page
+from synthetic.evaluation import match_boxes, recall, text_recall
+from synthetic.image_server import image_server
+from synthetic.pages import component, encode, page
+from synthetic.sam_checkpoints import write_random_checkpoint
 
 RESULTS_PATH = Path(__file__).parent / "results" / "segmentation_bench.json"
 DEFAULT_CLASSIFIER = "Train-imgSeg-default"

@@ -7,7 +7,7 @@ data root, and stops it at the end, errors included. `--skip-overhead` / `--skip
 What is measured:
 
 1. Platform overhead of a training run. One generated dataset (`--images` 128x128 JPEGs of squares and
-   circles from tests/datagen.py, 2 classes, split 80/20 by the dataset service) is uploaded and prepared
+   circles from synthetic/datagen.py, 2 classes, split 80/20 by the dataset service) is uploaded and prepared
    (not timed). Then the same training runs `--runs` times each way, alternating (platform, direct, direct,
    platform, ...) so slow drifts of a shared machine do not favour one side:
      platform  wall time from `POST /train/jobs` {epochs, imgsz, batch} until `GET /train/jobs/{id}` (polled
@@ -84,7 +84,7 @@ from bench.benchlib import (
 from launcher.instance import PlatformInstance
 from services.common.clock import iso, utcnow
 from services.training.ultralytics_env import ultralytics_environment
-from tests import datagen
+from synthetic import datagen
 
 OVERHEAD_TARGET_PCT = 10.0
 SSE_P95_TARGET_MS = 200.0

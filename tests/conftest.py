@@ -25,7 +25,7 @@ def platform_env(work: Path) -> dict[str, str]:
     """What the test platforms run with: small upload limits, images fetched from the tests' own local server
     (127.0.0.1 is refused otherwise), and a randomly initialised MobileSAM (no weights can be downloaded) so the
     predictSam routes run SAM's real code; /ingest keeps the built-in layout segmenter."""
-    from services.segmentation.domain.sam import write_random_checkpoint
+    from synthetic.sam_checkpoints import write_random_checkpoint
 
     checkpoint = work / "mobile_sam_random.pt"
     if not checkpoint.exists():

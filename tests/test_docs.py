@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 
 from pydantic_settings import BaseSettings
 
@@ -74,3 +76,30 @@ def test_the_readme_layout_names_every_service_and_top_level_folder() -> None:
     folders = {f"{p.name}/" for p in REPO_ROOT.iterdir() if p.is_dir() and p.name[0] != "." and p.name not in local}
     unnamed = sorted(services - set(entries)) + sorted(f for f in folders if not any(e.startswith(f) for e in entries))
     assert not unnamed, f"add to the README's layout tree: {unnamed}"
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """The absolute module names a Python file imports, wherever the import statement is (lazy ones too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+    return found
+
+
+def test_the_layout_keeps_product_code_apart_from_tests_and_benchmarks() -> None:
+    # Product code holds only what the product runs; benchmarks share synthetic/ with the tests, never tests/ itself;
+    # services talk to each other only over gRPC (a peer's address comes from services/registry.py).
+    rules = {"bench": ("tests",), "synthetic": ("tests",), "services": ("tests", "synthetic")}
+    for service in MESH_SERVICES:
+        rules[service.module.replace(".", "/")] = tuple(other.module for other in MESH_SERVICES if other != service)
+    offending = [
+        f"{path.relative_to(REPO_ROOT)} imports {module}"
+        for folder, forbidden in rules.items()
+        for path in sorted((REPO_ROOT / folder).rglob("*.py"))
+        for module in sorted(_imported_modules(path))
+        if any(module == name or module.startswith(f"{name}.") for name in forbidden)
+    ]
+    assert not offending, offending

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests import datagen
+from synthetic import datagen
+from synthetic.image_server import ImageServer, image_server
 from tests.e2e.api import prepared
-from tests.e2e.segmentation_data import ImageServer, image_server, wait_for_training
+from tests.e2e.segmentation_data import wait_for_training
 
 DEFAULT_CLASSIFIER = "Train-imgSeg-default"
 

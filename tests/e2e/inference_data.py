@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tests import datagen
+from synthetic import datagen
 
 # RGB colours of datagen.draw_image; the shapes model was trained on exactly these.
 _RGB = {0: (200, 30, 30), 1: (30, 30, 200)}

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import yaml
 
-from tests import datagen
+from synthetic import datagen
 from tests.e2e.api import ISO_TIME, TASK_ID, assert_error, prepared, unzip
 
 pytestmark = pytest.mark.e2e

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from launcher.instance import PlatformInstance
-from tests import datagen
+from synthetic import datagen
 from tests.conftest import TEST_MAX_UPLOAD_BYTES, datasets_dir
 from tests.e2e.api import assert_error, prepared, upload, uploaded
 from tests.e2e.segmentation_data import failure

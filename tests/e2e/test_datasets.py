@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from launcher.instance import PlatformInstance
-from tests import datagen
+from synthetic import datagen
 from tests.conftest import datasets_dir
 from tests.e2e.api import DATASET_ID, ISO_TIME, assert_error, prepared, unzip, upload, uploaded
 

@@ -13,7 +13,7 @@ from visionmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from visionmesh.ocr.v1 import ocr_pb2, ocr_pb2_grpc
 
 from launcher.instance import PlatformInstance
-from tests import datagen
+from synthetic import datagen
 from tests.e2e.api import assert_error, prepared
 from tests.e2e.segmentation_data import failure
 

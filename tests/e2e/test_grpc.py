@@ -15,7 +15,7 @@ from visionmesh.dataset.v1 import dataset_pb2 as pb
 from visionmesh.dataset.v1 import dataset_pb2_grpc
 
 from launcher.instance import PlatformInstance
-from tests import datagen
+from synthetic import datagen
 from tests.e2e.api import unzip
 
 pytestmark = pytest.mark.e2e

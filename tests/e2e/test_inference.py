@@ -30,7 +30,7 @@ from PIL import Image
 from visionmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 
 from launcher.instance import PlatformInstance
-from tests import datagen
+from synthetic import datagen
 from tests.e2e import inference_data
 from tests.e2e.api import assert_error, unzip
 from tests.e2e.conftest import TrainedModel, wait_for_export

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from launcher.instance import PlatformInstance
-from tests import datagen
+from synthetic import datagen
 from tests.e2e.api import assert_error
 from tests.e2e.conftest import TrainedModel, wait_for_export
 from tests.e2e.inference_data import shapes_image, shapes_video

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from launcher.instance import PlatformInstance
-from tests import datagen
+from synthetic import datagen
 from tests.e2e.api import ISO_TIME, assert_error
 from tests.e2e.conftest import TrainedModel
 from tests.e2e.inference_data import shapes_image, shapes_video

@@ -21,8 +21,10 @@ import psutil
 import pytest
 
 from launcher.instance import PlatformInstance
+from synthetic.image_server import ImageServer
+from synthetic.pages import component
 from tests.e2e.conftest import DEFAULT_CLASSIFIER
-from tests.e2e.segmentation_data import ImageServer, component, ok_payload
+from tests.e2e.segmentation_data import ok_payload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

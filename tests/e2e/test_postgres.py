@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from launcher.instance import PlatformInstance
-from tests import datagen
+from synthetic import datagen
 from tests.e2e.api import assert_error, prepared
 from tests.postgres import postgres_bin_dir, postgres_server
 

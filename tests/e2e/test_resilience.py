@@ -17,7 +17,7 @@ from visionmesh.dataset.v1 import dataset_pb2 as pb
 from visionmesh.dataset.v1 import dataset_pb2_grpc
 
 from launcher.instance import PlatformInstance
-from tests import datagen
+from synthetic import datagen
 from tests.conftest import datasets_dir
 from tests.e2e.api import assert_error, prepared, uploaded
 from tests.e2e.segmentation_data import failure

@@ -19,9 +19,11 @@ from visionmesh.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
 from launcher.instance import PlatformInstance
 from services.common.fonts import cjk_font
 from services.common.geometry import Box
-from services.segmentation.domain.evaluation import match_boxes, recall, text_recall
 from services.segmentation.domain.rendering import COMPONENT_TYPES, CONTAINER_TYPE
-from tests.e2e.segmentation_data import ImageServer, component, encode, failure, ok_payload, page, wait_for_training
+from synthetic.evaluation import match_boxes, recall, text_recall
+from synthetic.image_server import ImageServer
+from synthetic.pages import component, encode, page
+from tests.e2e.segmentation_data import failure, ok_payload, wait_for_training
 
 COMPONENT_KEYS = {"top_left_coord", "width", "height", "rgb_mean", "img_component_base64"}
 DEFAULT_CLASSIFIER = "Train-imgSeg-default"

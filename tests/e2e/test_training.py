@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from launcher.instance import PlatformInstance
-from tests import datagen
+from synthetic import datagen
 from tests.e2e.api import ISO_TIME, assert_error, prepared, unzip, uploaded
 from tests.e2e.inference_data import shapes_image
 

@@ -20,7 +20,7 @@ import pytest
 
 from services.dataset.domain.data_yaml import render_data_yaml
 from services.training.ultralytics_env import ultralytics_environment
-from tests.datagen import CLASSES, dataset_members
+from synthetic.datagen import CLASSES, dataset_members
 
 pytestmark = pytest.mark.slow
 

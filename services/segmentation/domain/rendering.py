@@ -1,9 +1,9 @@
-"""Synthetic UI components and pages with known layouts.
+"""Synthetic UI components: the built-in component classifier is trained on single-component crops
+(`render_component`).
 
-Two consumers: the default component classifier is trained on single-component crops (`render_component`),
-and the segmenter is measured on whole screenshots whose ground-truth boxes are known (`render_page`).
-Both go through one drawing routine, `draw_component(canvas, kind, box, style, text)`, so a crop looks
-exactly like the same component on a page.
+Everything is drawn by one routine, `draw_component(canvas, kind, box, style, text)` (Containers too), which the
+page builder of the tests and benchmarks (synthetic/pages.py) uses as well, so a crop looks exactly like the same
+component on a page.
 
 Randomness lives in two places only: `random_theme` (page-wide colours: light or dark, brand colour) and
 `random_style` (per-component choices: size scale, radius, border, shadow, checked/on, glyph, picture kind).
@@ -44,11 +44,11 @@ _BRANDS: tuple[RGB, ...] = (
     (7, 193, 96), (250, 84, 28),
 )  # fmt: skip
 
-_EN_LABELS = (
+EN_LABELS = (
     "Username", "Email", "Password", "Full name", "Phone", "Address", "Company", "City", "Country", "Amount",
     "Start date", "Description", "Title", "Category", "Status", "Notes", "Website", "Project name",
 )  # fmt: skip
-_ZH_LABELS = (
+ZH_LABELS = (
     "用户名", "邮箱", "密码", "姓名", "手机号", "地址", "公司名称", "城市", "国家", "金额", "开始日期", "描述", "标题",
     "分类", "状态", "备注", "项目名称", "联系人",
 )  # fmt: skip
@@ -114,10 +114,10 @@ _ZH_PHRASES = (
     "本页面展示团队的最新动态", "您可以在这里查看待办事项", "修改设置并邀请新成员", "跟踪每个版本的进度",
     "导出报表数据", "管理账单信息", "记录客户的需求", "所有操作都会自动保存", "请在提交前确认信息无误",
 )  # fmt: skip
-_EN_NAV = ("Home", "Products", "Pricing", "About", "Docs", "Blog", "Contact", "Settings", "Help")
-_ZH_NAV = ("首页", "产品", "价格", "关于我们", "文档", "博客", "联系", "设置", "帮助")
-_EN_TITLES = ("Dashboard", "Account settings", "New order", "Profile", "Team members", "Billing", "Reports")
-_ZH_TITLES = ("控制台", "账户设置", "新建订单", "个人资料", "团队成员", "账单", "数据报表", "用户管理")
+EN_NAV = ("Home", "Products", "Pricing", "About", "Docs", "Blog", "Contact", "Settings", "Help")
+ZH_NAV = ("首页", "产品", "价格", "关于我们", "文档", "博客", "联系", "设置", "帮助")
+EN_TITLES = ("Dashboard", "Account settings", "New order", "Profile", "Team members", "Billing", "Reports")
+ZH_TITLES = ("控制台", "账户设置", "新建订单", "个人资料", "团队成员", "账单", "数据报表", "用户管理")
 _CLOSING = frozenset("，。、；：！？）》」")
 _CJK = re.compile(r"[\u3000-\u9fff\uff00-\uffef]")
 
@@ -154,20 +154,6 @@ class Style:
     icon: str = ""  # leading glyph inside a Button or Input; "" for none
     colour: RGB | None = None  # overrides the kind's main colour (brand or text)
     seed: int = 0  # texture of pictures, filled fraction of progress bars
-
-
-@dataclass(frozen=True)
-class PageComponent:
-    kind: str
-    box: Box
-    text: str = ""
-    parent: int | None = None  # index of the Container holding it
-
-
-@dataclass(frozen=True)
-class RenderedPage:
-    image: Image.Image
-    components: list[PageComponent]
 
 
 # ---------------------------------------------------------------------------------------------- colours
@@ -237,17 +223,17 @@ def random_text(kind: str, rng: random.Random, *, chinese: bool | None = None, v
     elif kind == "Text":
         roll = rng.random()
         if roll < 0.4:
-            text = rng.choice(_ZH_LABELS if zh else _EN_LABELS)
+            text = rng.choice(ZH_LABELS if zh else EN_LABELS)
         elif roll < 0.6:
-            text = rng.choice(_ZH_TITLES if zh else _EN_TITLES)
+            text = rng.choice(ZH_TITLES if zh else EN_TITLES)
         else:
-            text = _sentence(rng, zh=zh, words=rng.randint(3, 9))
+            text = random_sentence(rng, zh=zh, words=rng.randint(3, 9))
     elif kind == "Bar":
-        text = "\n".join(rng.sample(_ZH_NAV if zh else _EN_NAV, rng.randint(2, 5)))
+        text = "\n".join(rng.sample(ZH_NAV if zh else EN_NAV, rng.randint(2, 5)))
     return text
 
 
-def _sentence(rng: random.Random, *, zh: bool, words: int) -> str:
+def random_sentence(rng: random.Random, *, zh: bool, words: int) -> str:
     if zh:
         return "，".join(rng.choice(_ZH_PHRASES) for _ in range(max(1, words // 4))) + "。"
     start = rng.randrange(len(_EN_WORDS) - words)
@@ -255,7 +241,7 @@ def _sentence(rng: random.Random, *, zh: bool, words: int) -> str:
     return sentence[0].upper() + sentence[1:] + "."
 
 
-def _wrap(text: str, font: ImageFont.FreeTypeFont, width: int, max_lines: int) -> list[str]:
+def wrap_text(text: str, font: ImageFont.FreeTypeFont, width: int, max_lines: int) -> list[str]:
     """Greedy wrap at spaces (Latin) or any character (CJK); the last line is cut to fit."""
     tokens = re.findall(r"[\u3000-\u9fff\uff00-\uffef]|[^\s\u3000-\u9fff\uff00-\uffef]+\s*", text)
     lines: list[str] = []
@@ -269,10 +255,10 @@ def _wrap(text: str, font: ImageFont.FreeTypeFont, width: int, max_lines: int) -
     if current.strip():
         lines.append(current.rstrip())
     lines = lines[:max_lines]
-    return [_fit(line, font, width) for line in lines]
+    return [fit_text(line, font, width) for line in lines]
 
 
-def _fit(text: str, font: ImageFont.FreeTypeFont, width: int) -> str:
+def fit_text(text: str, font: ImageFont.FreeTypeFont, width: int) -> str:
     while len(text) > 1 and font.getlength(text) > width:
         text = text[:-1].rstrip()
     return text
@@ -294,7 +280,7 @@ def text_extent(text: str, font_size: int) -> tuple[int, int, int, int]:
     return min(b[0] for b in bounds), min(tops), max(b[2] for b in bounds), max(bottoms)
 
 
-def _text_size(text: str, font_size: int) -> tuple[int, int]:
+def text_size(text: str, font_size: int) -> tuple[int, int]:
     left, top, right, bottom = text_extent(text, font_size)
     return right - left, bottom - top
 
@@ -311,7 +297,7 @@ def _draw_text_block(
 
 
 def _draw_centred_text(draw: ImageDraw.ImageDraw, box: Box, text: str, font_size: int, colour: RGB) -> None:
-    width, height = _text_size(text, font_size)
+    width, height = text_size(text, font_size)
     _draw_text_block(draw, ((box.x0 + box.x1 - width) / 2, (box.y0 + box.y1 - height) / 2), text, font_size, colour)
 
 
@@ -532,7 +518,7 @@ def _draw_labelled(draw: Pen, box: Box, style: Style, text: str, colour: RGB, *,
     font_size = style.font_size
     icon = _leading_icon_size(box, style) if style.icon else 0
     gap = round(font_size * 0.5) if icon else 0
-    width, height = _text_size(text, font_size) if text else (0, 0)
+    width, height = text_size(text, font_size) if text else (0, 0)
     if centred:
         x = (box.x0 + box.x1 - (icon + gap + width)) / 2
     else:
@@ -659,7 +645,7 @@ def _draw_bar(draw: ImageDraw.ImageDraw, box: Box, style: Style, text: str) -> N
             x += icon + pad // 2
         for i, item in enumerate(items):
             size = round(style.font_size * 1.25) if i == 0 else style.font_size
-            width, height = _text_size(item, size)
+            width, height = text_size(item, size)
             _draw_text_block(draw, (x, (box.y0 + box.y1 - height) / 2), item, size, ink)
             x += width + (pad * 3 if i == 0 else pad * 2)
         return
@@ -760,14 +746,14 @@ def natural_size(kind: str, style: Style, text: str, rng: random.Random) -> tupl
     scale = font_size / 14
     control_height = round(font_size * rng.uniform(2.1, 2.8))
     if kind == "Button":
-        text_width = _text_size(text, font_size)[0] if text else 0
+        text_width = text_size(text, font_size)[0] if text else 0
         icon = _leading_icon_size(Box(0, 0, 0, control_height), style) + font_size // 2 if style.icon else 0
         size = text_width + icon + 2 * round(font_size * rng.uniform(1.0, 1.8)), control_height
     elif kind in ("Input", "Select"):
-        text_width = _text_size(text, font_size)[0] + font_size * 4 if text else 0
+        text_width = text_size(text, font_size)[0] + font_size * 4 if text else 0
         size = max(text_width, round(rng.uniform(140, 340) * scale)), control_height
     elif kind == "Text":
-        size = _text_size(text, font_size)
+        size = text_size(text, font_size)
     elif kind == "Image" and style.variant == "avatar":
         side = round(rng.uniform(32, 96) * scale)
         size = side, side
@@ -791,7 +777,7 @@ def _bar_size(style: Style, text: str, rng: random.Random) -> tuple[int, int]:
     scale = font_size / 14
     if style.variant == "progress":
         return round(rng.uniform(120, 420) * scale), max(3, round(rng.uniform(4, 12) * scale))
-    widths = [_text_size(item, font_size)[0] for item in text.split("\n")] if text else [font_size * 4]
+    widths = [text_size(item, font_size)[0] for item in text.split("\n")] if text else [font_size * 4]
     if style.variant == "nav":
         return round(sum(widths) * 1.6 + font_size * 10 + rng.uniform(0, 300) * scale), round(
             rng.uniform(44, 64) * scale
@@ -801,10 +787,10 @@ def _bar_size(style: Style, text: str, rng: random.Random) -> tuple[int, int]:
 
 def _fit_text_to_box(text: str, font_size: int, width: int, height: int) -> tuple[str, int]:
     """A font size whose block is `height` tall, and the text's lines cut to `width`."""
-    natural_height = _text_size(text, font_size)[1]
+    natural_height = text_size(text, font_size)[1]
     font_size = max(6, round(font_size * height / max(1, natural_height)))
     font = cjk_font(font_size)
-    return "\n".join(_fit(line, font, width) for line in text.split("\n")), font_size
+    return "\n".join(fit_text(line, font, width) for line in text.split("\n")), font_size
 
 
 def render_component(
@@ -822,7 +808,9 @@ def render_component(
         text = random_text(kind, rng, variant=style.variant)
         if kind == "Text" and rng.random() < 0.3:  # a paragraph
             zh = _is_cjk(text)
-            text = "\n".join(_wrap(_sentence(rng, zh=zh, words=20), cjk_font(style.font_size), style.font_size * 18, 3))
+            text = "\n".join(
+                wrap_text(random_sentence(rng, zh=zh, words=20), cjk_font(style.font_size), style.font_size * 18, 3)
+            )
     if kind == "Text" and not text.strip():
         raise InvalidArgument("a Text component needs some text")
     width, height = size or natural_size(kind, style, text, rng)
@@ -839,262 +827,3 @@ def render_component(
         style = replace(style, theme=replace(theme, page=background))
     draw_component(canvas, kind, Box(left, top, left + width, top + height), style, text)
     return canvas
-
-
-# ---------------------------------------------------------------------------------------------- pages
-
-
-@dataclass(frozen=True)
-class _Placed:
-    kind: str
-    box: Box  # relative to the row's top-left corner
-    style: Style
-    text: str = ""
-
-
-class _PageBuilder:
-    """Lays a page out top-down: header, optional sidebar, a grid of cards filled row by row."""
-
-    def __init__(self, rng: random.Random, width: int, height: int) -> None:
-        self.rng = rng
-        self.theme = random_theme(rng)
-        self.scale = rng.uniform(1.0, 1.2)
-        self.font_size = round(rng.uniform(13, 15) * self.scale)
-        self.zh = rng.random() < 0.5  # the page's main language; some strings use the other one
-        self.canvas = Image.new("RGB", (width, height), self.theme.page)
-        self.components: list[PageComponent] = []
-        self.gap = round(rng.uniform(14, 20) * self.scale)
-
-    def style(self, kind: str, **changes: object) -> Style:
-        base = random_style(kind, self.theme, self.rng, scale=self.scale)
-        if kind not in ("Text", "Icon", "Image"):
-            base = replace(base, font_size=self.font_size)
-        return replace(base, **changes)  # type: ignore[arg-type]
-
-    def text(self, kind: str, variant: str = "") -> str:
-        chinese = self.zh if self.rng.random() < 0.8 else not self.zh
-        return random_text(kind, self.rng, chinese=chinese, variant=variant)
-
-    def add(self, kind: str, box: Box, style: Style, text: str = "", parent: int | None = None) -> int:
-        draw_component(self.canvas, kind, box, style, text)
-        self.components.append(PageComponent(kind, box, text, parent))
-        return len(self.components) - 1
-
-    def place(self, items: list[_Placed], x: int, y: int, parent: int | None) -> None:
-        for item in items:
-            box = Box(item.box.x0 + x, item.box.y0 + y, item.box.x1 + x, item.box.y1 + y)
-            self.add(item.kind, box, item.style, item.text, parent)
-
-    # Rows: each returns its items relative to the row's top-left corner, within `width`.
-
-    def text_item(self, text: str, font_size: int, colour: RGB | None = None) -> _Placed:
-        style = replace(self.style("Text"), font_size=font_size, colour=colour or self.theme.text)
-        width, height = _text_size(text, font_size)
-        return _Placed("Text", Box(0, 0, width, height), style, text)
-
-    def sized(self, kind: str, width: int | None = None) -> _Placed:
-        """A component of `kind` in a random style with fitting text, `width` wide or as wide as it needs."""
-        style = self.style(kind)
-        text = self.text(kind, style.variant)
-        natural_width, height = natural_size(kind, style, text, self.rng)
-        return _Placed(kind, Box(0, 0, width or natural_width, height), style, text)
-
-    def row_title(self, width: int) -> list[_Placed]:
-        font_size = round(self.font_size * self.rng.uniform(1.3, 1.7))
-        text = _fit(self.rng.choice(_ZH_TITLES if self.zh else _EN_TITLES), cjk_font(font_size), width)
-        return [self.text_item(text, font_size)]
-
-    def row_paragraph(self, width: int) -> list[_Placed]:
-        font_size = self.font_size
-        words = self.rng.randint(6, 30)
-        sentence = _sentence(self.rng, zh=self.zh, words=words)
-        lines = _wrap(sentence, cjk_font(font_size), width, max_lines=3)
-        colour = self.rng.choice((self.theme.text, self.theme.muted))
-        return [self.text_item("\n".join(lines), font_size, colour)]
-
-    def row_field(self, width: int) -> list[_Placed]:
-        kind = "Input" if self.rng.random() < 0.65 else "Select"
-        label = self.text_item(self.rng.choice(_ZH_LABELS if self.zh else _EN_LABELS), self.font_size)
-        control_width = min(width, round(self.rng.uniform(0.5, 1.0) * width))
-        if self.rng.random() < 0.5:  # label above the control
-            control = self.sized(kind, width=control_width)
-            top = label.box.height + round(self.rng.uniform(6, 10) * self.scale)
-            return [label, _shift(control, 0, top)]
-        label_width = max(label.box.width, round(self.rng.uniform(70, 120) * self.scale))
-        control = self.sized(kind, width=max(80, min(control_width, width - label_width - self.gap)))
-        return _centre_row([label, control], [0, label_width + self.gap])
-
-    def row_choices(self, width: int) -> list[_Placed]:
-        kind = self.rng.choice(("Checkbox", "Radio", "Switch"))
-        count = 1 if kind == "Switch" else self.rng.randint(1, 3)
-        style = self.style(kind)
-        side_width, side_height = natural_size(kind, style, "", self.rng)
-        items: list[_Placed] = []
-        offsets: list[int] = []
-        x = 0
-        for i in range(count):
-            label = self.text_item(self.text("Text") if count == 1 else self.text("Button"), self.font_size)
-            end = x + side_width + round(8 * self.scale) + label.box.width
-            if end > width:
-                break
-            control = _Placed(
-                kind, Box(0, 0, side_width, side_height), replace(style, checked=(i == 0) == style.checked)
-            )
-            items += [control, label]
-            offsets += [x, x + side_width + round(8 * self.scale)]
-            x = end + round(self.rng.uniform(24, 40) * self.scale)
-        return _centre_row(items, offsets)
-
-    def row_buttons(self, width: int) -> list[_Placed]:
-        buttons = [self.sized("Button") for _ in range(self.rng.randint(1, 3))]
-        spacing = round(self.rng.uniform(8, 16) * self.scale)
-        offsets, x = [], 0
-        for button in buttons:
-            offsets.append(x)
-            x += button.box.width + spacing
-        total = x - spacing
-        while buttons and total > width:
-            total -= buttons.pop().box.width + spacing
-            offsets.pop()
-        start = width - total if self.rng.random() < 0.4 else 0
-        return _centre_row(buttons, [start + offset for offset in offsets])
-
-    def row_image(self, width: int) -> list[_Placed]:
-        image = self.sized("Image")
-        image_width = min(image.box.width, width)
-        image_height = image_width if image.style.variant == "avatar" else image.box.height  # avatars stay round
-        image = replace(image, box=Box(0, 0, image_width, image_height))
-        room = width - image_width - self.gap
-        if room < 120:
-            return [image]
-        lines = _wrap(_sentence(self.rng, zh=self.zh, words=self.rng.randint(4, 16)), cjk_font(self.font_size), room, 3)
-        text = self.text_item("\n".join(lines), self.font_size)
-        return [image, _shift(text, image_width + self.gap, 0)]
-
-    def row_icons(self, width: int) -> list[_Placed]:
-        side = round(self.rng.uniform(16, 24) * self.scale)
-        spacing = round(self.rng.uniform(14, 32) * self.scale)
-        count = min(self.rng.randint(3, 6), (width + spacing) // (side + spacing))
-        icons = [replace(self.sized("Icon"), box=Box(0, 0, side, side)) for _ in range(count)]
-        return _centre_row(icons, [i * (side + spacing) for i in range(count)])
-
-    def row_progress(self, width: int) -> list[_Placed]:
-        label = self.text_item(_fit(self.text("Text"), cjk_font(self.font_size), width), self.font_size)
-        bar_style = self.style("Bar", variant="progress")
-        bar_height = max(4, round(self.rng.uniform(4, 10) * self.scale))
-        bar = _Placed("Bar", Box(0, 0, round(width * self.rng.uniform(0.5, 1.0)), bar_height), bar_style)
-        return [label, _shift(bar, 0, label.box.height + round(8 * self.scale))]
-
-    def row_tabs(self, width: int) -> list[_Placed]:
-        style = self.style("Bar", variant=self.rng.choice(("tabs", "segmented")))
-        items = self.rng.sample(_ZH_NAV if self.zh else _EN_NAV, self.rng.randint(2, 4))
-        widest = max(_text_size(item, style.font_size)[0] for item in items)
-        tab_width = min(widest + 3 * style.font_size, width // len(items))
-        height = round(self.rng.uniform(32, 42) * self.scale)
-        return [_Placed("Bar", Box(0, 0, tab_width * len(items), height), style, "\n".join(items))]
-
-    # Page parts
-
-    def header(self, width: int) -> int:
-        height = round(self.rng.uniform(48, 64) * self.scale)
-        # A surface-coloured header on a same-coloured page would show only its bottom line.
-        brand_fill = self.rng.random() < 0.5 or self.theme.surface == self.theme.page
-        style = self.style("Bar", variant="nav", checked=brand_fill)
-        items = [self.title(), *self.rng.sample(_ZH_NAV if self.zh else _EN_NAV, self.rng.randint(2, 5))]
-        self.add("Bar", Box(0, 0, width, height), style, "\n".join(items))
-        return height
-
-    def title(self) -> str:
-        return self.rng.choice(("VisionMesh", "Acme", "控制台", "Admin", "云平台", "Shop"))
-
-    def sidebar(self, top: int, height: int) -> int:
-        width = round(self.rng.uniform(180, 240) * self.scale)
-        style = self.style(CONTAINER_TYPE, radius=0, shadow=False, border=1)
-        parent = self.add(CONTAINER_TYPE, Box(0, top, width, height), style)
-        step = round(self.rng.uniform(36, 46) * self.scale)
-        icon_side = round(16 * self.scale)
-        with_icons = self.rng.random() < 0.6
-        pad = round(20 * self.scale)
-        labels = self.rng.sample(_ZH_NAV if self.zh else _EN_NAV, self.rng.randint(4, 7))
-        for i, label in enumerate(labels):
-            y = top + pad + i * step
-            text = self.text_item(label, self.font_size)
-            x = pad
-            if with_icons:
-                icon = _Placed("Icon", Box(0, 0, icon_side, icon_side), self.style("Icon", colour=self.theme.muted))
-                self.place(_centre_row([icon, text], [0, icon_side + round(12 * self.scale)]), x, y, parent)
-            else:
-                self.place([text], x, y, parent)
-        return width
-
-    def card(self, cell: Box, budget: int) -> None:
-        """A Container in `cell` filled with rows; it shrinks to its content more often than not."""
-        pad = round(self.rng.uniform(16, 24) * self.scale)
-        width = cell.width - 2 * pad
-        rows: list[tuple[int, list[_Placed]]] = []
-        y = pad
-        builders = (
-            self.row_field, self.row_field, self.row_choices, self.row_buttons, self.row_image, self.row_icons,
-            self.row_paragraph, self.row_progress, self.row_tabs,
-        )  # fmt: skip
-        pending = [self.row_title] if self.rng.random() < 0.7 else []
-        used = failures = 0
-        while used < budget and failures < 4:
-            items = (pending.pop() if pending else self.rng.choice(builders))(width)
-            height = max((item.box.y1 for item in items), default=0)
-            fits = items and all(item.box.x1 <= width for item in items) and y + height <= cell.height - pad
-            if not fits or used + len(items) > budget:
-                failures += 1
-                continue
-            rows.append((y, items))
-            used += len(items)
-            y += height + self.gap
-        bottom = cell.y1 if self.rng.random() < 0.4 else min(cell.y1, cell.y0 + y - self.gap + pad)
-        style = self.style(CONTAINER_TYPE)
-        if self.theme.surface == self.theme.page or not style.shadow:
-            style = replace(style, border=max(1, style.border))
-        parent = self.add(CONTAINER_TYPE, Box(cell.x0, cell.y0, cell.x1, max(bottom, cell.y0 + 2 * pad)), style)
-        for top, items in rows:
-            self.place(items, cell.x0 + pad, cell.y0 + top, parent)
-
-    def grid(self, area: Box, count: int, budget: int) -> None:
-        columns = {2: 2, 3: 3, 4: 2, 5: 3, 6: 3}[count] if self.rng.random() < 0.8 else min(count, 2)
-        rows = -(-count // columns)
-        cell_width = (area.width - (columns - 1) * self.gap) // columns
-        cell_height = (area.height - (rows - 1) * self.gap) // rows
-        for i in range(count):
-            row, column = divmod(i, columns)
-            x = area.x0 + column * (cell_width + self.gap)
-            y = area.y0 + row * (cell_height + self.gap)
-            self.card(Box(x, y, x + cell_width, y + cell_height), max(2, budget // count))
-
-
-def _shift(item: _Placed, dx: int, dy: int) -> _Placed:
-    box = item.box
-    return replace(item, box=Box(box.x0 + dx, box.y0 + dy, box.x1 + dx, box.y1 + dy))
-
-
-def _centre_row(items: list[_Placed], offsets: list[int]) -> list[_Placed]:
-    """Items side by side at the given x offsets, centred vertically on the tallest."""
-    height = max((item.box.height for item in items), default=0)
-    return [_shift(item, offset, (height - item.box.height) // 2) for item, offset in zip(items, offsets, strict=True)]
-
-
-def render_page(rng: random.Random, width: int = 1280, height: int = 800) -> RenderedPage:
-    """A screenshot-like page: header bar, maybe a sidebar, and 2-6 cards of form rows, with every drawn
-    component's tight box. Containers come before the components they hold."""
-    if width < 640 or height < 400:
-        raise InvalidArgument(f"pages are at least 640x400 pixels, got {width}x{height}")
-    page = _PageBuilder(rng, width, height)
-    budget = rng.randint(24, 40)
-    top = page.header(width)
-    left = page.sidebar(top, height) if rng.random() < 0.5 else 0
-    margin = round(page.gap * 1.5)
-    area = Box(left + margin, top + margin, width - margin, height - margin)
-    if rng.random() < 0.6:
-        title = page.row_title(area.width // 2)
-        page.place(title, area.x0, area.y0, None)
-        area = Box(area.x0, area.y0 + title[0].box.height + page.gap, area.x1, area.y1)
-    cards = rng.randint(2, 6)
-    page.grid(area, cards, budget - len(page.components) - cards)  # the cards count too
-    return RenderedPage(page.canvas, page.components)

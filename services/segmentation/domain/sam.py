@@ -54,22 +54,9 @@ def _package(model_type: str) -> ModuleType:
         return importlib.import_module("mobile_sam" if model_type == "vit_t" else "segment_anything")
 
 
-def _build_model(model_type: str) -> torch.nn.Module:
+def build_model(model_type: str) -> torch.nn.Module:
     """The model with random initial weights, in eval mode."""
     return _package(model_type).sam_model_registry[model_type](checkpoint=None)
-
-
-def write_random_checkpoint(model_type: str, path: Path, seed: int = 0) -> Path:
-    """Save the state dict of a randomly initialised `model_type` model to `path`.
-
-    Real weights cannot be downloaded here; tests and the benchmark load these "SAM-shaped random weights"
-    through the real loading and prediction code. The masks they give are meaningless."""
-    with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
-        torch.manual_seed(seed)
-        model = _build_model(model_type)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
-    return path
 
 
 def _load_model(model_type: str, checkpoint: Path) -> torch.nn.Module:
@@ -82,7 +69,7 @@ def _load_model(model_type: str, checkpoint: Path) -> torch.nn.Module:
         raise ValueError(f"{described} is not a PyTorch state dict: {error}") from error
     if not isinstance(state, dict):
         raise ValueError(f"{described} holds a {type(state).__name__}, not a state dict")
-    model = _build_model(model_type)
+    model = build_model(model_type)
     try:
         outcome = model.load_state_dict(state, strict=False)
     except RuntimeError as error:  # tensors of the wrong shape

@@ -29,7 +29,7 @@ from services.inference.domain.sessions import (
     write_session_files,
 )
 from services.inference.domain.uploads import UploadStore, image_suffix
-from tests import datagen
+from synthetic import datagen
 
 MOMENT = datetime(2024, 1, 15, 12, 34, 56)
 

@@ -13,9 +13,10 @@ import pytest
 
 from services.common.errors import InvalidArgument
 from services.common.geometry import Box, TextLine
-from services.segmentation.domain.evaluation import match_boxes, recall, text_recall
 from services.segmentation.domain.layout_segmenter import LayoutSegmenter
-from services.segmentation.domain.rendering import CONTAINER_TYPE, PageComponent, RenderedPage, render_page
+from services.segmentation.domain.rendering import CONTAINER_TYPE
+from synthetic.evaluation import match_boxes, recall, text_recall
+from synthetic.pages import PageComponent, RenderedPage, render_page
 
 PAGE_SEEDS = (101, 202, 303, 404)
 

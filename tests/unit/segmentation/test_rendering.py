@@ -12,13 +12,8 @@ import pytest
 from PIL import Image
 
 from services.common.errors import InvalidArgument
-from services.segmentation.domain.rendering import (
-    COMPONENT_TYPES,
-    CONTAINER_TYPE,
-    RenderedPage,
-    render_component,
-    render_page,
-)
+from services.segmentation.domain.rendering import COMPONENT_TYPES, CONTAINER_TYPE, render_component
+from synthetic.pages import RenderedPage, render_page
 
 PAGE_SEEDS = range(8)
 

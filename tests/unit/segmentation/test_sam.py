@@ -19,7 +19,8 @@ import torch
 from services.common.errors import InvalidArgument
 from services.common.geometry import Box
 from services.segmentation.domain.regions import Region
-from services.segmentation.domain.sam import SamSegmenter, write_random_checkpoint
+from services.segmentation.domain.sam import SamSegmenter
+from synthetic.sam_checkpoints import write_random_checkpoint
 
 WIDTH, HEIGHT = 128, 96
 

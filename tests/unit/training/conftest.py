@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from services.training.ultralytics_env import ultralytics_environment
-from tests.datagen import CLASSES, dataset_members
+from synthetic.datagen import CLASSES, dataset_members
 
 # One epoch at 64 px on ten 64 px images: ~15 s on a CPU, a real trainer-written best.pt.
 _TRAIN_SCRIPT = """

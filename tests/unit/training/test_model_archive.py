@@ -10,7 +10,7 @@ import pytest
 from services.common.archives import ZipLimits, stream_zip
 from services.common.errors import InvalidArgument, NotFound
 from services.training.domain.model_archive import UploadedModel, model_zip_members, read_model_zip
-from tests.datagen import zip_bytes, zip_with_unsafe_entry
+from synthetic.datagen import zip_bytes, zip_with_unsafe_entry
 
 LIMITS = ZipLimits()
 WEIGHTS = b"PK\x03\x04 not really a checkpoint: read_model_zip does not load it"

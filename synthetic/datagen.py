@@ -1,4 +1,4 @@
-"""Test data made on the spot: images with known objects, YOLO labels, dataset ZIPs in the layouts
+"""Data made on the spot for tests and benchmarks: images with known objects, YOLO labels, dataset ZIPs in the layouts
 people actually upload, and deliberately broken inputs."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Quality measures for segmentation and OCR against known layouts (rendered pages, benchmarks).
+"""Quality measures for segmentation and OCR against known layouts (synthetic/pages.py), for tests and benchmarks.
 
 Boxes are matched one-to-one, greedily by descending IoU, which is the usual detection-style matching and
 needs no optimiser; text is compared after casefolding and removing all whitespace, because OCR engines
