@@ -9,15 +9,14 @@ shared port go to the gateway's own gRPC server.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from google.protobuf import descriptor_pb2
-from visionmesh.api.v1 import gateway_pb2
 
-from gateway.request_schema import request_schema_json, rest_routes
+from gateway.request_schema import DescriptorIndex, api_services, read_descriptor_set, request_schema, rest_routes
 from gateway.settings import GatewaySettings
 from services.common.settings import REPO_ROOT
 from services.registry import MESH_SERVICES, owner_of
@@ -39,19 +38,6 @@ class Upstream:
     cluster: str
     host: str
     port: int
-
-
-def api_services(descriptor_set: Path) -> list[str]:
-    """Fully qualified names of the mesh's public gRPC services in the descriptor set: what the gateway routes and
-    lists. Services marked `(visionmesh.api.v1.internal)` stay on their owners' own ports."""
-    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
-    return sorted(
-        f"{proto.package}.{service.name}"
-        for proto in files.file
-        if proto.package.startswith("visionmesh.")
-        for service in proto.service
-        if not service.options.Extensions[gateway_pb2.internal]
-    )
 
 
 def upstreams(settings: GatewaySettings) -> dict[str, Upstream]:
@@ -233,11 +219,11 @@ def _lua_filter(name: str, source: str) -> dict[str, Any]:
 
 def request_checks_source(settings: GatewaySettings, services: list[str]) -> str:
     """envoy/request_checks.lua with the routes and request shapes of the descriptor set in front of it."""
-    schema = request_schema_json(settings.descriptor_set, services)
+    text = json.dumps(request_schema(settings.descriptor_set, services), separators=(",", ":"), ensure_ascii=False)
     level = "=" * 4
-    if f"]{level}]" in schema:
+    if f"]{level}]" in text:
         raise SystemExit("the request schema contains the Lua long-string terminator")
-    return f"local SCHEMA_JSON = [{level}[{schema}]{level}]\n" + REQUEST_CHECKS.read_text()
+    return f"local SCHEMA_JSON = [{level}[{text}]{level}]\n" + REQUEST_CHECKS.read_text()
 
 
 def _owner(grpc_service: str) -> str:
@@ -252,8 +238,8 @@ def render(settings: GatewaySettings, descriptor_path: Path | None = None) -> di
     differs from settings.descriptor_set when Envoy runs in another container)."""
     services = api_services(settings.descriptor_set)
     targets = upstreams(settings)
-    files = descriptor_pb2.FileDescriptorSet.FromString(settings.descriptor_set.read_bytes())
-    uploads = sorted({route.grpc_method for route in rest_routes(files, services) if route.streamed_body})
+    index = DescriptorIndex(read_descriptor_set(settings.descriptor_set))
+    uploads = sorted({route.grpc_method for route in rest_routes(index, services) if route.streamed_body})
     routes = [_route(f"/{service}/", _owner(service)) for service in services]
     routes += [_route(f"/{service}/", GATEWAY_CLUSTER) for service in GATEWAY_GRPC_SERVICES]
 

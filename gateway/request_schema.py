@@ -1,5 +1,5 @@
-"""The REST routes of the mesh and the shapes of their requests, read from the descriptor set, for the gateway's
-request checks (envoy/request_checks.lua).
+"""The REST routes of the mesh and the shapes of their messages, read from the descriptor set: for the gateway's
+request checks (envoy/request_checks.lua) and for the API reference (gateway/openapi.py, gateway/routes_table.py).
 
 Envoy's gRPC-JSON transcoder drops unknown JSON fields and answers type errors in protobuf's words. Before it
 runs, the Lua filter resolves each REST request to its route (as the transcoder would: literal segments before
@@ -11,7 +11,7 @@ embedded in the filter's source.
 
 from __future__ import annotations
 
-import json
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,29 +151,104 @@ def _bindings(rule: http_pb2.HttpRule) -> list[tuple[str, str, str]]:
     return found
 
 
-class _Types:
-    """Message and enum descriptors of the descriptor set by full name (without the leading dot)."""
+def read_descriptor_set(path: Path) -> descriptor_pb2.FileDescriptorSet:
+    return descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
+
+
+def api_services(descriptor_set: Path) -> list[str]:
+    """Fully qualified names of the mesh's public gRPC services in the descriptor set: what the gateway routes and
+    lists. Services marked `(visionmesh.api.v1.internal)` stay on their owners' own ports."""
+    return sorted(
+        f"{proto.package}.{service.name}"
+        for proto in read_descriptor_set(descriptor_set).file
+        if proto.package.startswith("visionmesh.")
+        for service in proto.service
+        if not service.options.Extensions[gateway_pb2.internal]
+    )
+
+
+@dataclass(frozen=True)
+class Rpc:
+    """A gRPC method and where it is declared."""
+
+    proto_file: str  # visionmesh/dataset/v1/dataset.proto
+    service: str  # visionmesh.dataset.v1.DatasetService
+    method: descriptor_pb2.MethodDescriptorProto
+
+
+# Field numbers in descriptor.proto: the paths of source_code_info locations.
+_FILE_MESSAGES, _FILE_ENUMS, _FILE_SERVICES = 4, 5, 6
+_MESSAGE_FIELDS, _MESSAGE_NESTED, _MESSAGE_ENUMS = 2, 3, 4
+_ENUM_VALUES, _SERVICE_METHODS = 2, 2
+
+
+def _comment(location: descriptor_pb2.SourceCodeInfo.Location | None) -> str:
+    if location is None:
+        return ""
+    parts = (textwrap.dedent(text).strip() for text in (location.leading_comments, location.trailing_comments))
+    return "\n".join(part for part in parts if part)
+
+
+class DescriptorIndex:
+    """Messages, enums and RPCs of the descriptor set by full name (without the leading dot), and the proto comment
+    of each message, field, enum, enum value, service and method (the set is built with --include_source_info)."""
 
     def __init__(self, files: descriptor_pb2.FileDescriptorSet) -> None:
         self.messages: dict[str, descriptor_pb2.DescriptorProto] = {}
         self.enums: dict[str, descriptor_pb2.EnumDescriptorProto] = {}
+        self.services: dict[str, descriptor_pb2.ServiceDescriptorProto] = {}
+        self.rpcs: dict[str, Rpc] = {}  # by gRPC path: /visionmesh.dataset.v1.DatasetService/UploadDataset
+        self.comments: dict[str, str] = {}
         for proto in files.file:
+            locations = {tuple(location.path): location for location in proto.source_code_info.location}
             prefix = f"{proto.package}." if proto.package else ""
-            for enum in proto.enum_type:
-                self.enums[prefix + enum.name] = enum
-            for message in proto.message_type:
-                self._add(prefix + message.name, message)
+            for index, enum in enumerate(proto.enum_type):
+                self._add_enum(prefix + enum.name, enum, (_FILE_ENUMS, index), locations)
+            for index, message in enumerate(proto.message_type):
+                self._add(prefix + message.name, message, (_FILE_MESSAGES, index), locations)
+            for index, service in enumerate(proto.service):
+                name = prefix + service.name
+                self.services[name] = service
+                self.comments[name] = _comment(locations.get((_FILE_SERVICES, index)))
+                for number, method in enumerate(service.method):
+                    self.rpcs[f"/{name}/{method.name}"] = Rpc(proto.name, name, method)
+                    path = (_FILE_SERVICES, index, _SERVICE_METHODS, number)
+                    self.comments[f"{name}.{method.name}"] = _comment(locations.get(path))
 
-    def _add(self, name: str, message: descriptor_pb2.DescriptorProto) -> None:
+    def _add(
+        self,
+        name: str,
+        message: descriptor_pb2.DescriptorProto,
+        path: tuple[int, ...],
+        locations: dict[tuple[int, ...], descriptor_pb2.SourceCodeInfo.Location],
+    ) -> None:
         self.messages[name] = message
-        for enum in message.enum_type:
-            self.enums[f"{name}.{enum.name}"] = enum
-        for nested in message.nested_type:
-            self._add(f"{name}.{nested.name}", nested)
+        self.comments[name] = _comment(locations.get(path))
+        for index, field in enumerate(message.field):
+            self.comments[f"{name}.{field.name}"] = _comment(locations.get((*path, _MESSAGE_FIELDS, index)))
+        for index, enum in enumerate(message.enum_type):
+            self._add_enum(f"{name}.{enum.name}", enum, (*path, _MESSAGE_ENUMS, index), locations)
+        for index, nested in enumerate(message.nested_type):
+            self._add(f"{name}.{nested.name}", nested, (*path, _MESSAGE_NESTED, index), locations)
+
+    def _add_enum(
+        self,
+        name: str,
+        enum: descriptor_pb2.EnumDescriptorProto,
+        path: tuple[int, ...],
+        locations: dict[tuple[int, ...], descriptor_pb2.SourceCodeInfo.Location],
+    ) -> None:
+        self.enums[name] = enum
+        self.comments[name] = _comment(locations.get(path))
+        for index, value in enumerate(enum.value):
+            self.comments[f"{name}.{value.name}"] = _comment(locations.get((*path, _ENUM_VALUES, index)))
 
 
-class _SchemaBuilder:
-    def __init__(self, types: _Types) -> None:
+class SchemaBuilder:
+    """The shape of each message and enum a route uses, as plain data: for every field its proto and JSON names, its
+    kind (a scalar, enum, message, map or well-known JSON form), whether it repeats and whether it is required."""
+
+    def __init__(self, types: DescriptorIndex) -> None:
         self._types = types
         self.messages: dict[str, dict[str, Any]] = {}
         self.enums: dict[str, list[str]] = {}
@@ -212,40 +287,36 @@ class _SchemaBuilder:
         return name
 
 
-def rest_routes(files: descriptor_pb2.FileDescriptorSet, services: list[str]) -> list[Route]:
+def rest_routes(index: DescriptorIndex, services: list[str]) -> list[Route]:
     """Every REST binding of the given gRPC services, in the transcoder's matching order."""
     routes = []
-    for proto in files.file:
-        for service in proto.service:
-            full_name = f"{proto.package}.{service.name}"
-            if full_name not in services:
-                continue
-            service_shape = service.options.Extensions[gateway_pb2.error_shape]
-            for method in service.method:
-                if not method.options.HasExtension(annotations_pb2.http):
-                    continue
-                shape = method.options.Extensions[gateway_pb2.method_error_shape] or service_shape
-                for verb, template, body in _bindings(method.options.Extensions[annotations_pb2.http]):
-                    routes.append(
-                        Route(
-                            method=verb,
-                            template=template,
-                            grpc_method=f"/{full_name}/{method.name}",
-                            request_type=method.input_type.lstrip("."),
-                            body=body,
-                            streamed_body=method.client_streaming,
-                            shape=_SHAPES[shape],
-                        )
-                    )
+    for grpc_method, rpc in index.rpcs.items():
+        method = rpc.method
+        if rpc.service not in services or not method.options.HasExtension(annotations_pb2.http):
+            continue
+        service_shape = index.services[rpc.service].options.Extensions[gateway_pb2.error_shape]
+        shape = method.options.Extensions[gateway_pb2.method_error_shape] or service_shape
+        for verb, template, body in _bindings(method.options.Extensions[annotations_pb2.http]):
+            routes.append(
+                Route(
+                    method=verb,
+                    template=template,
+                    grpc_method=grpc_method,
+                    request_type=method.input_type.lstrip("."),
+                    body=body,
+                    streamed_body=method.client_streaming,
+                    shape=_SHAPES[shape],
+                )
+            )
     return sorted(routes, key=Route.precedence)
 
 
 def request_schema(descriptor_set: Path, services: list[str]) -> dict[str, Any]:
     """What envoy/request_checks.lua needs: the routes (with Lua path patterns), every message and enum their
     requests use, and the error shape of each first path segment (for requests that match no route)."""
-    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
-    builder = _SchemaBuilder(_Types(files))
-    routes = rest_routes(files, services)
+    index = DescriptorIndex(read_descriptor_set(descriptor_set))
+    builder = SchemaBuilder(index)
+    routes = rest_routes(index, services)
     rendered = []
     for route in routes:
         pattern, variables = route.lua_pattern()
@@ -266,7 +337,3 @@ def request_schema(descriptor_set: Path, services: list[str]) -> dict[str, Any]:
         first_segments.setdefault(route.segments[0], set()).add(route.shape)
     prefix_shapes = {segment: shapes.pop() for segment, shapes in first_segments.items() if len(shapes) == 1}
     return {"routes": rendered, "messages": builder.messages, "enums": builder.enums, "prefix_shapes": prefix_shapes}
-
-
-def request_schema_json(descriptor_set: Path, services: list[str]) -> str:
-    return json.dumps(request_schema(descriptor_set, services), separators=(",", ":"), ensure_ascii=False)
