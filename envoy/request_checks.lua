@@ -548,8 +548,20 @@ local function check_parameter(field, value, label)
   end
 end
 
+-- Routes Envoy answers itself (the API reference: SCHEMA.pass_through, path -> methods): let through unchecked.
+local PASS_THROUGH = {}
+
 -- The route of a request, and the values its path variables captured; or nil and the methods the path takes.
 local function resolve(method, path)
+  local passing = SCHEMA.pass_through[path]
+  if passing ~= nil then
+    for _, allowed in ipairs(passing) do
+      if allowed == method then
+        return PASS_THROUGH, {}
+      end
+    end
+    return nil, passing
+  end
   local other_methods = {}
   for _, route in ipairs(SCHEMA.routes) do
     local captures = { path:match(route.pattern) } -- the whole match when the pattern captures nothing
@@ -625,6 +637,9 @@ function envoy_on_request(handle)
     else
       handle:respond({ [":status"] = "404" }, "No route matches " .. method .. " on this path")
     end
+    return
+  end
+  if route == PASS_THROUGH then
     return
   end
   headers:add(SHAPE_HEADER, route.shape)

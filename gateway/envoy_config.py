@@ -4,11 +4,12 @@ hosts, limits).
 One listener serves REST and native gRPC (codec AUTO). The gRPC-JSON transcoder turns each REST call into
 its gRPC method, as the protos' google.api.http annotations say, then routes match on the gRPC path
 prefix `/<package>.<Service>/` and send it to the owning process. Server reflection and health on the
-shared port go to the gateway's own gRPC server.
+shared port go to the gateway's own gRPC server. Envoy answers the API reference (/openapi.json, /docs) itself.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from gateway.api_reference import REFERENCE_METHODS, REFERENCE_PATHS, StaticResponse, api_reference
 from gateway.request_schema import DescriptorIndex, api_services, read_descriptor_set, request_schema, rest_routes
 from gateway.settings import GatewaySettings
 from services.common.settings import REPO_ROOT
@@ -88,8 +90,8 @@ CODE_HEADER = "x-vm-error-code"
 _UPSTREAM_FAILURE_FLAGS = ["UF", "UH", "UC", "UO", "URX", "NC"]
 
 
-def _status_is(code: int) -> dict[str, Any]:
-    return {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": code, "runtime_key": "_"}}}}
+def _status_is(code: int, op: str = "EQ") -> dict[str, Any]:
+    return {"status_code_filter": {"comparison": {"op": op, "value": {"default_value": code, "runtime_key": "_"}}}}
 
 
 def _header_is(name: str, value: str) -> dict[str, Any]:
@@ -160,7 +162,8 @@ def _reply_mappers(settings: GatewaySettings) -> list[dict[str, Any]]:
     unreadable = _all_of(unshaped, not_grpc, _status_is(400))
     mappers += [
         {"filter": unreadable, "body_format_override": _detail_body("The request's path or headers cannot be read")},
-        {"filter": rest, "body_format_override": _detail_body()},
+        # Direct responses (the API reference) are local replies too: only errors are reshaped.
+        {"filter": _all_of(rest, _status_is(400, "GE")), "body_format_override": _detail_body()},
     ]
     return mappers
 
@@ -168,6 +171,23 @@ def _reply_mappers(settings: GatewaySettings) -> list[dict[str, Any]]:
 def _route(prefix: str, cluster: str) -> dict[str, Any]:
     # timeout 0s: no deadline from the gateway; streams (SSE, downloads) may run as long as they need.
     return {"match": {"prefix": prefix}, "route": {"cluster": cluster, "timeout": "0s"}}
+
+
+def _direct_route(response: StaticResponse) -> dict[str, Any]:
+    """A path Envoy answers itself with a fixed body (the API reference), outside the transcoder, which answers 404
+    for a path it cannot map to a method."""
+    content_type = {"key": "content-type", "value": response.content_type}
+    return {
+        "match": {"path": response.path},
+        "direct_response": {"status": 200, "body": {"inline_bytes": base64.b64encode(response.body).decode()}},
+        "response_headers_to_add": [{"header": content_type, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+        "typed_per_filter_config": {
+            "envoy.filters.http.grpc_json_transcoder": {
+                "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                "disabled": True,
+            }
+        },
+    }
 
 
 def _upload_rate_limit(upload_methods: list[str], settings: GatewaySettings) -> dict[str, Any]:
@@ -218,8 +238,11 @@ def _lua_filter(name: str, source: str) -> dict[str, Any]:
 
 
 def request_checks_source(settings: GatewaySettings, services: list[str]) -> str:
-    """envoy/request_checks.lua with the routes and request shapes of the descriptor set in front of it."""
-    text = json.dumps(request_schema(settings.descriptor_set, services), separators=(",", ":"), ensure_ascii=False)
+    """envoy/request_checks.lua with the routes and request shapes of the descriptor set in front of it, and the
+    paths Envoy answers itself (which the checks let through)."""
+    schema = request_schema(settings.descriptor_set, services)
+    schema["pass_through"] = {path: list(REFERENCE_METHODS) for path in REFERENCE_PATHS}
+    text = json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
     level = "=" * 4
     if f"]{level}]" in text:
         raise SystemExit("the request schema contains the Lua long-string terminator")
@@ -240,7 +263,9 @@ def render(settings: GatewaySettings, descriptor_path: Path | None = None) -> di
     targets = upstreams(settings)
     index = DescriptorIndex(read_descriptor_set(settings.descriptor_set))
     uploads = sorted({route.grpc_method for route in rest_routes(index, services) if route.streamed_body})
-    routes = [_route(f"/{service}/", _owner(service)) for service in services]
+    reference = api_reference(settings.descriptor_set)
+    routes = [_direct_route(response) for response in reference]
+    routes += [_route(f"/{service}/", _owner(service)) for service in services]
     routes += [_route(f"/{service}/", GATEWAY_CLUSTER) for service in GATEWAY_GRPC_SERVICES]
 
     transcoder = {
@@ -268,6 +293,7 @@ def render(settings: GatewaySettings, descriptor_path: Path | None = None) -> di
         "local_reply_config": {"mappers": _reply_mappers(settings)},
         "route_config": {
             "name": "mesh",
+            "max_direct_response_body_size_bytes": max(len(response.body) for response in reference),
             "virtual_hosts": [{"name": "mesh", "domains": ["*"], "routes": routes}],
         },
         "http_filters": [
@@ -336,7 +362,8 @@ def render(settings: GatewaySettings, descriptor_path: Path | None = None) -> di
 def write_config(settings: GatewaySettings, output: Path | None = None, descriptor_path: Path | None = None) -> Path:
     path = output or settings.config_dir / "envoy.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(render(settings, descriptor_path), sort_keys=False))
+    # libyaml's dumper: the pure-Python one takes a second over the API reference's inline files.
+    path.write_text(yaml.dump(render(settings, descriptor_path), Dumper=yaml.CSafeDumper, sort_keys=False))
     return path
 
 

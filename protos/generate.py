@@ -1,14 +1,18 @@
-"""Generate Python gRPC code and Envoy's descriptor set from every .proto under protos/.
+"""Generate Python gRPC code and Envoy's descriptor set from every .proto under protos/, then the API reference.
 
-Run by `./mesh setup` (only when a .proto changed). Outputs, both under build/ (not committed):
+Run by `./mesh setup` (only when a .proto changed). Outputs under build/ (not committed):
   build/gen/python/          importable as `visionmesh.<service>.v1.<name>_pb2[_grpc]`
   build/descriptors/visionmesh.pb   the descriptor set that Envoy's gRPC-JSON transcoder and the gateway's
                                     reflection service load
+  build/openapi.json         the OpenAPI document Envoy serves at /openapi.json
+and docs/routes.md (committed): route -> service -> RPC -> proto and servicer files.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +21,8 @@ import grpc_tools
 from grpc_tools import protoc
 
 PROTOS_DIR = Path(__file__).resolve().parent
-BUILD_DIR = PROTOS_DIR.parent / "build"
+REPO_ROOT = PROTOS_DIR.parent
+BUILD_DIR = REPO_ROOT / "build"
 PYTHON_OUT = BUILD_DIR / "gen" / "python"
 DESCRIPTOR_SET = BUILD_DIR / "descriptors" / "visionmesh.pb"
 
@@ -36,6 +41,13 @@ def proto_files() -> list[Path]:
 def run_protoc(args: list[str]) -> None:
     if protoc.main(["grpc_tools.protoc", *args]) != 0:
         sys.exit(f"protoc failed: {' '.join(args)}")
+
+
+def write_api_reference() -> None:
+    # gateway/ reads the descriptor set through the code just generated: a process with both on its path.
+    path = os.pathsep.join([str(REPO_ROOT), str(PYTHON_OUT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    command = [sys.executable, "-m", "gateway", "docs", "--descriptor-set", str(DESCRIPTOR_SET)]
+    subprocess.run(command, check=True, cwd=REPO_ROOT, env=os.environ | {"PYTHONPATH": path})
 
 
 def main() -> None:
@@ -59,6 +71,7 @@ def main() -> None:
     shutil.rmtree(PYTHON_OUT, ignore_errors=True)
     staging.rename(PYTHON_OUT)
     print(f"generated {len(sources)} proto file(s) into {PYTHON_OUT} and {DESCRIPTOR_SET}")
+    write_api_reference()
 
 
 if __name__ == "__main__":
