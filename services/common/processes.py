@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 
 import psutil
 
@@ -74,3 +75,14 @@ def kill_and_reap(pid: int) -> bool:
     except ChildProcessError:  # not (or no longer) a child: someone else reaps it
         return True
     return reaped == pid
+
+
+def ended_here(host: str, pid: int) -> bool:
+    """Whether process `pid` of host `host` is known to have ended: only a process of this host can be looked
+    at (one of another host may be running or not: False)."""
+    if host != socket.gethostname():
+        return False
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,10 +17,12 @@ from services.common.storage.files import (
     TRASH_PREFIX,
     atomic_write_bytes,
     atomic_write_text,
+    discard_leftover,
     is_transient,
     remove_tree,
     resolve_inside,
     staging_dir,
+    staging_prefix,
 )
 
 
@@ -103,6 +108,32 @@ def test_remove_tree_deletes_a_tree_without_leaving_trash(tmp_path: Path) -> Non
 def test_remove_tree_of_a_missing_path_does_nothing(tmp_path: Path) -> None:
     remove_tree(tmp_path / "missing")
     assert listing(tmp_path) == []
+
+
+def test_start_up_clean_up_leaves_the_staging_of_a_live_replica_alone(tmp_path: Path) -> None:
+    """Replicas may share a data root: a staging directory names its process, and only one whose process has
+    ended (or, of another host, one untouched for a day) is a leftover."""
+    replica = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    tag = staging_prefix().split(".")[-2]
+    live = tmp_path / f"{STAGING_PREFIX}{replica.pid}.{tag}.abc"
+    dead = tmp_path / f"{STAGING_PREFIX}{int(ended.stdout)}.{tag}.abc"
+    foreign, stale = tmp_path / f"{STAGING_PREFIX}1.00000000.new", tmp_path / f"{STAGING_PREFIX}1.00000000.old"
+    old_style = tmp_path / f"{STAGING_PREFIX}0123"
+    for path in (live, dead, foreign, stale, old_style):
+        path.mkdir()
+    os.utime(stale, (time.time() - 2 * 86400,) * 2)
+    try:
+        for path in list(tmp_path.iterdir()):
+            discard_leftover(path)
+        assert listing(tmp_path) == sorted(p.name for p in (live, foreign))
+        with staging_dir(tmp_path) as own:
+            assert own.name.startswith(staging_prefix())
+    finally:
+        replica.kill()
+        replica.wait()
+    discard_leftover(live)
+    assert listing(tmp_path) == [foreign.name]
 
 
 @pytest.mark.parametrize(

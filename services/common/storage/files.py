@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
+import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -14,11 +18,37 @@ from typing import Any
 import structlog
 
 from services.common.errors import NotFound
+from services.common.processes import ended_here
 
 log = structlog.get_logger(__name__)
 
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
+# Staging directories carry their process (PID and a tag of the host) after the prefix: several replicas of a
+# service may share a data root, and a start-up clean-up must not take the work of a replica that still runs.
+_HOST_TAG = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+_FOREIGN_STAGING_SECONDS = 24 * 3600
+_STAGING_NAME = re.compile(rf"^{re.escape(STAGING_PREFIX)}(\d+)\.([0-9a-f]{{8}})\.")
+
+
+def staging_prefix() -> str:
+    """The name prefix of this process's staging directories (for tools that make their own)."""
+    return f"{STAGING_PREFIX}{os.getpid()}.{_HOST_TAG}."
+
+
+def _staged_by_a_live_process(path: Path) -> bool:
+    """A staging directory of another process that may still be running: of this host and alive, or of another
+    host (whose processes cannot be looked at) and touched within the last day."""
+    match = _STAGING_NAME.match(path.name)
+    if match is None:
+        return False  # made before staging names carried their process
+    pid, host_tag = int(match.group(1)), match.group(2)
+    if host_tag == _HOST_TAG:
+        return pid != os.getpid() and not ended_here(socket.gethostname(), pid)
+    try:
+        return time.time() - path.stat().st_mtime < _FOREIGN_STAGING_SECONDS
+    except FileNotFoundError:
+        return False
 
 
 def fsync_dir(path: Path) -> None:
@@ -77,7 +107,7 @@ def staging_dir(parent: Path) -> Iterator[Path]:
     carry STAGING_PREFIX, so start-up clean-up can find them.
     """
     parent.mkdir(parents=True, exist_ok=True)
-    path = parent / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+    path = parent / f"{staging_prefix()}{uuid.uuid4().hex}"
     path.mkdir()
     try:
         yield path
@@ -96,7 +126,10 @@ def remove_tree(path: Path) -> None:
 
 
 def discard_leftover(path: Path) -> None:
-    """Start-up clean-up: delete a file or directory an interrupted operation left behind, and say so."""
+    """Start-up clean-up: delete a file or directory an interrupted operation left behind, and say so. The
+    staging directory of another process that still runs (a replica sharing the data root) is left alone."""
+    if _staged_by_a_live_process(path):
+        return
     log.warning("removing leftover from an interrupted operation", path=str(path))
     remove_tree(path) if path.is_dir() else path.unlink(missing_ok=True)
 

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.clock import utcnow_precise
 from services.common.errors import Conflict, NotFound, Unavailable
+from services.common.processes import ended_here
 from services.common.storage.db import paged, transaction
 from services.common.work.items import FINISHED, WorkItem, WorkItemColumns, WorkStatus
 
@@ -51,17 +52,10 @@ def _on_this_host_and_gone(lease_owner: str | None, replica: str) -> bool:
         return False
     host, _, rest = lease_owner.partition(":")
     pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
+    if not pid.isdigit():
         return False
-    if int(pid) == os.getpid():
-        return True  # a process that ended, whose PID this one has now
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    # A PID equal to this process's own is of a process that ended, whose PID this one has now.
+    return (host == socket.gethostname() and int(pid) == os.getpid()) or ended_here(host, int(pid))
 
 
 class WorkQueue:

@@ -160,24 +160,32 @@ class WorkerPool:
 
     async def run(self) -> None:
         """Every kind's workers and the rescue loop, until cancelled (service shut-down)."""
-        interrupt_kinds = {kind.name for kind in self._kinds.values() if kind.interrupt_when_cut_off}
-        await asyncio.to_thread(self._queue.rescue, self._kinds, interrupt_kinds, _CUT_OFF)  # from before a restart
+        await asyncio.to_thread(self.rescue)  # from before a restart
         self.started = True
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._rescue_loop(interrupt_kinds), name="work-rescue")
+                group.create_task(self._rescue_loop(), name="work-rescue")
                 for kind in self._kinds.values():
                     for number in range(1, kind.workers + 1):
                         group.create_task(self._work(kind), name=f"work-{kind.name}-{number}")
         finally:
             self.started = False
 
-    async def _rescue_loop(self, interrupt_kinds: set[str]) -> None:
+    def rescue(self) -> list[WorkItem]:
+        """The items of this pool's kinds whose replica is gone, queued again (or interrupted, or failed once
+        their attempts are spent). run() does it at its start and then every lease/3 seconds; a service's
+        start-up clean-up may do it first, to know which running items are really running."""
+        interrupt_kinds = {kind.name for kind in self._kinds.values() if kind.interrupt_when_cut_off}
+        rescued = self._queue.rescue(self._kinds, interrupt_kinds, _CUT_OFF)
+        for item in rescued:
+            log.warning("work item of a lost replica rescued", item_id=item.item_id, status=item.status)
+        return rescued
+
+    async def _rescue_loop(self) -> None:
         while True:
             await asyncio.sleep(self._lease / 3)
             try:
-                for item in await asyncio.to_thread(self._queue.rescue, self._kinds, interrupt_kinds, _CUT_OFF):
-                    log.warning("work item of a lost replica rescued", item_id=item.item_id, status=item.status)
+                await asyncio.to_thread(self.rescue)
             except Exception:  # the database may be away for a while; try again later
                 log.exception("rescue of lost work items failed")
 

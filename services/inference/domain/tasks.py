@@ -276,14 +276,17 @@ class TaskQueue:
     # -- start-up ------------------------------------------------------------------------------------------
 
     def recover(self) -> None:
-        """At start-up, before run(): staging leftovers and result directories without a completed task are
-        removed. (Tasks a crash cut off are the work engine's: run() queues them again, or fails them once they
-        were cut off max_attempts times, so that a task that brings the service down does not do so forever.)"""
-        completed = {
-            item.item_id for item in self._work.list([KIND], statuses=[WorkStatus.COMPLETED])[0]
-        }
+        """At start-up, before run(): staging leftovers and result directories that no completed task vouches
+        for are removed; those of running tasks are left alone (another replica may be publishing one now, and
+        its staging directories are its own). Tasks a crash cut off are the work engine's: run() queues them
+        again, or fails them once they were cut off max_attempts times, so that a task that brings the service
+        down does not do so forever."""
+        self._workers.rescue()  # what is still running after this runs in a live replica
+        statuses = [WorkStatus.COMPLETED, WorkStatus.RUNNING]
+        vouched = {item.item_id for item in self._work.list([KIND], statuses=statuses)[0]}
         root = self._files.tasks_root
-        # Staging and trash leftovers are never task IDs, so they go too.
+        # Staging and trash leftovers are never task IDs, so they go too (unless a live replica's: see
+        # discard_leftover).
         for entry in root.iterdir() if root.is_dir() else ():
-            if entry.name not in completed:
+            if entry.name not in vouched:
                 discard_leftover(entry)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from services.common.processes import dying_with_parent
-from services.common.storage.files import STAGING_PREFIX, fsync_dir
+from services.common.storage.files import fsync_dir, staging_prefix
 from services.training.domain.reasons import last_exception
 
 EXPORT_TIMEOUT_S = 600.0
@@ -78,8 +78,8 @@ def export_onnx(
     output.parent.mkdir(parents=True, exist_ok=True)
     # Work next to `output` (same file system, so the final rename is atomic); Ultralytics writes the .onnx
     # beside the .pt it exports.
-    # STAGING_PREFIX: a killed service leaves a directory start-up clean-up recognises (is_transient).
-    with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}onnx-", dir=output.parent) as work_name:
+    # A staging name: a killed service leaves a directory start-up clean-up recognises (is_transient).
+    with tempfile.TemporaryDirectory(prefix=f"{staging_prefix()}onnx-", dir=output.parent) as work_name:
         work = Path(work_name)
         source = work / "model.pt"
         try:
