@@ -704,7 +704,7 @@ def run_load(
 @dataclass
 class StepCost:
     image: str  # an image name, or "mean"
-    decode_ms: float  # decode_image: Pillow header check + OpenCV JPEG decode
+    decode_ms: float  # decode_image: Pillow header check and decode
     letterbox_ms: float  # letterbox to 640x640 float32 CHW
     request_ms: float  # the tensor into tritonclient's ModelInferRequest, serialised
     postprocess_ms: float  # postprocess of the model's real output for this image

@@ -27,11 +27,9 @@ _SIGNATURES: tuple[tuple[bytes, int, str, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", 0, ".png", "image/png"),
     (b"BM", 0, ".bmp", "image/bmp"),
     (b"WEBP", 8, ".webp", "image/webp"),
-    (b"II*\x00", 0, ".tif", "image/tiff"),
-    (b"MM\x00*", 0, ".tif", "image/tiff"),
 )
 _CONTENT_TYPES = {suffix: content_type for _, _, suffix, content_type in _SIGNATURES}
-_UPLOAD_NAME = re.compile(r"^infer_\d{8}_\d{6}_[0-9a-f]{6}(_\d+)?\.(jpg|png|bmp|webp|tif|img)$")
+_UPLOAD_NAME = re.compile(r"^infer_\d{8}_\d{6}_[0-9a-f]{6}(_\d+)?\.(jpg|png|bmp|webp|img)$")
 
 
 def image_suffix(head: bytes) -> str:

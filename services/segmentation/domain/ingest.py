@@ -28,7 +28,7 @@ from services.common.downloads import Download, file_chunks
 from services.common.envelope import EnvelopeError, Err, TaskStatus, as_envelope_error
 from services.common.errors import InvalidArgument, NotFound
 from services.common.image_urls import LoadedImage, load_image
-from services.common.images import read_header
+from services.common.images import check_pixels, read_header
 from services.common.storage.files import atomic_write_text, staging_dir
 from services.common.work import Failed, WorkContext, WorkerPool, WorkItem, WorkKind, WorkQueue, WorkStatus
 from services.segmentation.domain.service import PageAnalysis
@@ -38,7 +38,7 @@ from services.segmentation.storage.tables import WorkItemRow
 
 log = structlog.get_logger("segmentation.ingest")
 
-_IMAGE_SUFFIXES = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tiff"}
+_IMAGE_SUFFIXES = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEBP": ".webp"}
 _UPLOAD_NAME = re.compile(r"^ingest_[0-9a-f-]{36}\.[a-z]{3,4}$")
 DOCUMENT_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # the document's created_at / finished_at
 KIND = "ingest"
@@ -137,11 +137,9 @@ class IngestTasks:
         """The upload, checked to be an image (601 otherwise), under a name of our own for /uploads/{filename}."""
         try:
             header = read_header(upload.read_bytes())
+            check_pixels(header, self._max_pixels)
         except InvalidArgument as error:
             raise EnvelopeError(Err.INVALID_IMAGE, f"The uploaded file is not a valid image: {error.detail}") from error
-        if header.width * header.height > self._max_pixels:
-            detail = f"The image is {header.width}x{header.height}, more than the {self._max_pixels} pixels allowed"
-            raise EnvelopeError(Err.INVALID_IMAGE, detail)
         name = f"{task_id}{_IMAGE_SUFFIXES[header.format]}"
         self._files.uploads_root.mkdir(parents=True, exist_ok=True)
         shutil.move(upload, self._files.uploads_root / name)
